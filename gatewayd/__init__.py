@@ -1,0 +1,3 @@
+"""gatewayd: an LLM guardrail gateway for OpenAI-compatible APIs."""
+
+__version__ = "0.1.0"

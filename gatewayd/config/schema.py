@@ -1,0 +1,241 @@
+"""The validated configuration tree: frozen dataclasses, no raw dicts.
+
+The loaders (YAML, INI) produce a tree of plain values with line numbers; the
+builder turns it into these objects or a list of problems. Everything on the
+request path reads these objects, never the source text.
+
+Durations are seconds (float), sizes are bytes (int). Names of upstreams,
+routes, policies and filters are the keys they were declared under.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+OnError = Literal["allow", "block"]
+
+
+class Mode(enum.Enum):
+    """What a policy does with what its filters find."""
+
+    OFF = "off"
+    MONITOR = "monitor"
+    REDACT = "redact"
+    BLOCK = "block"
+
+
+class Action(enum.Enum):
+    """What happens to one finding; a policy's mode is the default action."""
+
+    MONITOR = "monitor"
+    REDACT = "redact"
+    BLOCK = "block"
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+def _frozen_map() -> Mapping[str, object]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: Listen = field(default_factory=Listen)
+    workers: int = 1
+    max_body_size: int = 8 * 1024 * 1024
+    read_timeout: float = 30.0
+    shutdown_timeout: float = 30.0
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    # Total tries including the first; 1 disables retries.
+    attempts: int = 3
+    backoff_base: float = 0.1
+    backoff_max: float = 2.0
+    # Conditions worth another try: "connect", "timeout", or an HTTP status
+    # ("502") or class ("5xx"). Only idempotent failures are in the default:
+    # a request that reached the model may already have been billed.
+    on: tuple[str, ...] = ("connect", "502", "503")
+    # Retries may add at most this fraction of recent requests (Envoy's retry
+    # budget), so a sick upstream is not hit with attempts x traffic.
+    budget_ratio: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    open_for: float = 30.0
+    half_open_max: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    urls: tuple[str, ...]
+    api_key: Secret | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 120.0
+    total_timeout: float = 600.0
+    pool_size: int = 100
+    pool_size_per_host: int = 0
+    keepalive: float = 30.0
+    dns_ttl: float = 300.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    prefix: str
+    upstream: str
+    policy: str | None = None
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    name: str
+    mode: Mode = Mode.MONITOR
+    input: tuple[str, ...] = ()
+    output: tuple[str, ...] = ()
+    restore: bool = False
+    on_error: OnError = "block"
+    # Per-entity overrides of the mode, e.g. {"CREDIT_CARD": Action.BLOCK}.
+    entities: Mapping[str, Action] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    # Adds X-Gatewayd-Guardrail with entity counts (never values) to responses.
+    summary_header: bool = False
+
+
+# --- filters: one dataclass per kind, all sharing name and on_error ---------
+
+
+@dataclass(frozen=True, slots=True)
+class CustomPattern:
+    entity: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class PiiFilterConfig:
+    name: str
+    on_error: OnError | None = None
+    # Empty means every built-in entity of the kind.
+    entities: tuple[str, ...] = ()
+    custom: tuple[CustomPattern, ...] = ()
+    kind: Literal["pii"] = "pii"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretsFilterConfig:
+    name: str
+    on_error: OnError | None = None
+    entities: tuple[str, ...] = ()
+    kind: Literal["secrets"] = "secrets"
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordsFilterConfig:
+    name: str
+    on_error: OnError | None = None
+    words: tuple[str, ...] = ()
+    # A file of one phrase per line ('#' comments), read once at load.
+    file: Path | None = None
+    entity: str = "KEYWORD"
+    kind: Literal["keywords"] = "keywords"
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionFilterConfig:
+    name: str
+    on_error: OnError | None = None
+    # A text whose summed heuristic score reaches this is a finding.
+    threshold: float = 0.8
+    entity: str = "PROMPT_INJECTION"
+    kind: Literal["injection"] = "injection"
+
+
+@dataclass(frozen=True, slots=True)
+class PresidioFilterConfig:
+    name: str
+    url: str
+    on_error: OnError | None = None
+    timeout: float = 0.5
+    score_threshold: float = 0.5
+    entities: tuple[str, ...] = ()
+    language: str = "en"
+    allow_list: tuple[str, ...] = ()
+    # Calls in flight at once; a further call waits up to queue_timeout.
+    max_in_flight: int = 16
+    queue_timeout: float = 0.05
+    cache_size: int = 10_000
+    cache_ttl: float = 600.0
+    # Optional shared cache for all gatewayd instances.
+    redis_url: str | None = None
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    kind: Literal["presidio"] = "presidio"
+
+
+FilterConfig = (
+    PiiFilterConfig
+    | SecretsFilterConfig
+    | KeywordsFilterConfig
+    | InjectionFilterConfig
+    | PresidioFilterConfig
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    sink: Literal["jsonl", "off"] = "jsonl"
+    path: Path = Path("/var/lib/gatewayd/audit.jsonl")
+    batch_size: int = 256
+    flush_interval: float = 1.0
+    queue_size: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One whole, validated configuration; `source` is the file it came from."""
+
+    source: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    routes: Mapping[str, RouteConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    policies: Mapping[str, PolicyConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    filters: Mapping[str, FilterConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    audit: AuditConfig = field(default_factory=AuditConfig)

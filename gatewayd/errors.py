@@ -1,0 +1,117 @@
+"""gatewayd's exceptions, one tree; third-party errors are translated into it
+at the boundary where they happen (`raise ... from exc`).
+
+    GatewayError
+    ├── ConfigError                  invalid configuration; carries every Problem
+    ├── HTTPError                    answered to the client in OpenAI's error shape
+    │   ├── BadRequest               400 invalid_json, invalid_request
+    │   ├── NotFound                 404 not_found
+    │   ├── RequestTooLarge          413 request_too_large
+    │   ├── GuardrailUnavailable     503 guardrail_unavailable (a filter failed, on_error=block)
+    │   └── UpstreamError
+    │       ├── UpstreamUnavailable  502 connect failure / 503 breaker open
+    │       └── UpstreamTimeout      504
+    └── FilterError                  a remote filter failed; the pipeline applies on_error
+
+A guardrail *block* is not here: it is a verdict, decided not raised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class GatewayError(Exception):
+    """Base of everything gatewayd raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config file, printed as `path:line: key: message`."""
+
+    path: Path
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else f"{self.path}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; `problems` lists each issue found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class HTTPError(GatewayError):
+    """An error the gateway answers itself, in the OpenAI error shape."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadRequest(HTTPError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotFound(HTTPError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class RequestTooLarge(HTTPError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class GuardrailUnavailable(HTTPError):
+    status = 503
+    type = "server_error"
+    code = "guardrail_unavailable"
+
+
+class UpstreamError(HTTPError):
+    type = "server_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class FilterError(GatewayError):
+    """A remote filter could not answer; `kind` is a small fixed label
+    (timeout, connect, http, breaker_open, overloaded, invalid_response)."""
+
+    def __init__(self, filter_name: str, kind: str, message: str) -> None:
+        super().__init__(f"filter {filter_name}: {kind}: {message}")
+        self.filter_name = filter_name
+        self.kind = kind

@@ -1,0 +1,154 @@
+"""Every metric gatewayd exports, declared once, on gatewayd's own registry.
+
+Label values come from small fixed sets (route, upstream, filter and entity
+names from config; status codes; fixed reason words). User data never
+becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gatewayd import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Latency buckets for a proxy in front of LLMs: sub-millisecond overhead up to
+# multi-minute completions.
+_LATENCY = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
+_FILTER_LATENCY = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
+
+REQUESTS = Counter(
+    "gatewayd_requests_total",
+    "Requests answered, by route and HTTP status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "gatewayd_request_duration_seconds",
+    "Time from request received to response finished, by route.",
+    ["route"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "gatewayd_upstream_duration_seconds",
+    "Time from sending to an upstream to its response headers, per attempt.",
+    ["upstream"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+UPSTREAM_RETRIES = Counter(
+    "gatewayd_upstream_retries_total",
+    "Retried upstream attempts, by reason (connect, timeout, or HTTP status).",
+    ["upstream", "reason"],
+    registry=REGISTRY,
+)
+CIRCUIT_OPEN = Gauge(
+    "gatewayd_circuit_open",
+    "1 while an upstream's circuit breaker is open (or half-open), else 0.",
+    ["upstream"],
+    registry=REGISTRY,
+)
+GUARDRAIL_FINDINGS = Counter(
+    "gatewayd_guardrail_findings_total",
+    "Guardrail findings, by filter, entity type, stage and action taken.",
+    ["filter", "entity", "stage", "action"],
+    registry=REGISTRY,
+)
+FILTER_DURATION = Histogram(
+    "gatewayd_filter_duration_seconds",
+    "Time one filter spent on one request stage.",
+    ["filter"],
+    buckets=_FILTER_LATENCY,
+    registry=REGISTRY,
+)
+FILTER_ERRORS = Counter(
+    "gatewayd_filter_errors_total",
+    "Remote filter failures, by filter, kind of error and on_error outcome.",
+    ["filter", "kind", "outcome"],
+    registry=REGISTRY,
+)
+PRESIDIO_CALLS = Counter(
+    "gatewayd_presidio_calls_total",
+    "Calls made to a Presidio analyzer.",
+    ["filter"],
+    registry=REGISTRY,
+)
+PRESIDIO_TEXTS = Counter(
+    "gatewayd_presidio_texts_total",
+    "Texts sent to a Presidio analyzer (after the cache).",
+    ["filter"],
+    registry=REGISTRY,
+)
+PRESIDIO_CACHE = Counter(
+    "gatewayd_presidio_cache_total",
+    "Presidio result cache lookups, by tier (memory, redis) and result (hit, miss).",
+    ["filter", "tier", "result"],
+    registry=REGISTRY,
+)
+PRESIDIO_DURATION = Histogram(
+    "gatewayd_presidio_duration_seconds",
+    "Latency of calls to a Presidio analyzer.",
+    ["filter"],
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
+RATELIMIT_REJECTIONS = Counter(
+    "gatewayd_ratelimit_rejections_total",
+    "Requests refused by the rate limiter, by route.",
+    ["route"],
+    registry=REGISTRY,
+)
+AUDIT_EVENTS = Counter(
+    "gatewayd_audit_events_total",
+    "Audit events by outcome (written, spooled, dropped).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+AUDIT_QUEUE_DEPTH = Gauge(
+    "gatewayd_audit_queue_depth",
+    "Audit events waiting to be written.",
+    registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "gatewayd_config_reloads_total",
+    "Configuration reloads by result (success, error).",
+    ["result"],
+    registry=REGISTRY,
+)
+CONFIG_GENERATION = Gauge(
+    "gatewayd_config_generation",
+    "How many configurations this process has loaded (1 at start).",
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "gatewayd_build_info",
+    "Always 1; the version label says which gatewayd this is.",
+    ["version"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(version=__version__).set(1)
+
+
+def exposition() -> bytes:
+    """The registry in Prometheus text format, for GET /metrics."""
+    return generate_latest(REGISTRY)
