@@ -206,6 +206,9 @@ class PresidioFilterConfig:
     # Optional shared cache for all gatewayd instances.
     redis_url: str | None = None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # Send all texts of a request as one `text` list (analyzer 2.2.361+);
+    # false for older ones, which take one string per call.
+    batch: bool = True
     kind: Literal["presidio"] = "presidio"
 
 

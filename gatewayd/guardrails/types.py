@@ -69,6 +69,16 @@ Filter = InlineFilter | RemoteFilter
 
 
 @dataclass(frozen=True, slots=True)
+class FilterHealth:
+    """A remote filter's service as /health/detailed shows it; `error` is a FilterError kind."""
+
+    healthy: bool
+    latency_ms: float | None
+    breaker: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Location:
     """Where in an API payload a text sits, for messages: `messages[2].content`."""
 

@@ -101,7 +101,7 @@ PRESIDIO_TEXTS = Counter(
 )
 PRESIDIO_CACHE = Counter(
     "gatewayd_presidio_cache_total",
-    "Presidio result cache lookups, by tier (memory, redis) and result (hit, miss).",
+    "Presidio result cache lookups, by tier (memory, redis) and result (hit, miss, error).",
     ["filter", "tier", "result"],
     registry=REGISTRY,
 )
