@@ -6,14 +6,17 @@ at the boundary where they happen (`raise ... from exc`).
     ├── HTTPError                    answered to the client in OpenAI's error shape
     │   ├── BadRequest               400 invalid_json, invalid_request
     │   ├── NotFound                 404 not_found
+    │   ├── RequestTimeout           408 request_timeout (a slow client)
     │   ├── RequestTooLarge          413 request_too_large
+    │   ├── GuardrailViolation       400 guardrail_violation (a policy blocked it)
     │   ├── GuardrailUnavailable     503 guardrail_unavailable (a filter failed, on_error=block)
     │   └── UpstreamError
     │       ├── UpstreamUnavailable  502 connect failure / 503 breaker open
     │       └── UpstreamTimeout      504
     └── FilterError                  a remote filter failed; the pipeline applies on_error
 
-A guardrail *block* is not here: it is a verdict, decided not raised.
+A guardrail *block* is a verdict, decided not raised, inside the pipeline; the
+proxy turns a blocking verdict into GuardrailViolation only to answer it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,18 @@ class NotFound(HTTPError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class RequestTimeout(HTTPError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class GuardrailViolation(HTTPError):
+    status = 400
+    type = "invalid_request_error"
+    code = "guardrail_violation"
 
 
 class RequestTooLarge(HTTPError):

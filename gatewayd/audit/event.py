@@ -1,0 +1,47 @@
+"""One audit event per request: what happened, never what was said.
+
+Fields hold counts, names from config and hashes, so an audit row can be read
+by anyone who may read metrics. `client` is a hash of the client's bearer key,
+or its IP address when it sent none; prompts, completions and keys never
+appear.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    request_id: str
+    client: str
+    method: str
+    path: str
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    ts: float = field(default_factory=time.time)
+    route: str | None = None
+    upstream: str | None = None
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
+    duration_ms: float = 0.0
+    upstream_ms: float | None = None
+    attempts: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    policy: str | None = None
+    # allow | monitor | redact | block | unchecked
+    action: str | None = None
+    # Entity counts per stage: {"input": {"EMAIL_ADDRESS": 2}, "output": {...}}
+    findings: dict[str, Any] = field(default_factory=dict)
+    # A fixed error code (upstream_timeout, guardrail_violation, ...), never a message.
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as plain JSON-able values, in column order."""
+        return asdict(self)

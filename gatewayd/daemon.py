@@ -1,0 +1,157 @@
+"""Run the gateway in the foreground: bind, serve, reload on HUP, drain on TERM.
+
+Signal handlers only put the signal on a queue; the main loop dispatches it
+(as gunicorn's arbiter does), so no work happens inside a handler.
+
+Reload builds the new runtime completely (parse, validate, compile, open its
+clients) before swapping it in; if any step fails, the running generation
+keeps serving and the failure is logged and counted. Requests already in
+flight, open streams included, finish on the generation they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from gatewayd import __version__, systemd
+from gatewayd.app import make_app
+from gatewayd.audit.writer import AuditWriter
+from gatewayd.config import load
+from gatewayd.config.schema import Config
+from gatewayd.errors import ConfigError
+from gatewayd.observability import health, metrics
+from gatewayd.observability import logging as gw_logging
+from gatewayd.runtime import Runtime, RuntimeHolder, build_runtime
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM or SIGINT; the process exit code."""
+    gw_logging.configure(config.logging)
+    return asyncio.run(Daemon(config).serve(), loop_factory=uvloop.new_event_loop)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self._source: Path = config.source
+        self._generation = 1
+        self._holder = RuntimeHolder(build_runtime(config, self._generation))
+        self._audit = AuditWriter(config.audit)
+        self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> int:
+        config = self._holder.current.config
+        app = make_app(self._holder, self._audit)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            # A client that disconnects cancels its handler, which closes the
+            # upstream request: an abandoned completion stops being generated.
+            handler_cancellation=True,
+            # Also bounds how long a new connection may take to send its headers.
+            keepalive_timeout=config.server.read_timeout,
+            shutdown_timeout=config.server.shutdown_timeout,
+        )
+        await runner.setup()
+        listen = config.server.listen
+        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", listen, exc.strerror)
+            await runner.cleanup()
+            return 1
+        self._install_signals()
+        metrics.CONFIG_GENERATION.set(self._generation)
+        log.info(
+            "gatewayd %s listening on %s",
+            __version__,
+            _bound_address(site) or listen,
+            extra={"fields": {"generation": self._generation, "config": str(self._source)}},
+        )
+        systemd.ready(status=f"serving on {listen}, config generation {self._generation}")
+
+        while True:
+            sig = await self._signals.get()
+            if sig is signal.SIGHUP:
+                await self.reload()
+            else:
+                break
+
+        log.info("draining", extra={"fields": {"signal": sig.name}})
+        systemd.stopping()
+        app[health.HEALTH].draining = True
+        # Stop accepting, let in-flight requests (streams too) finish within
+        # shutdown_timeout, cancel the rest, then unwind the cleanup contexts.
+        await runner.cleanup()
+        for task in self._retiring:
+            task.cancel()
+        log.info("stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+
+    async def reload(self) -> bool:
+        """Swap in the config file as it is now, or keep serving the old one."""
+        systemd.reloading()
+        old = self._holder.current
+        try:
+            config = await asyncio.to_thread(load, self._source)
+            runtime = build_runtime(config, self._generation + 1)
+            await runtime.start()
+        except ConfigError as exc:
+            return self._reload_failed(old, [str(p) for p in exc.problems])
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old config
+            return self._reload_failed(old, [f"{type(exc).__name__} while starting"])
+        _warn_static(old.config, config)
+        self._generation += 1
+        self._holder.current = runtime
+        gw_logging.configure(config.logging)
+        metrics.CONFIG_RELOADS.labels("success").inc()
+        metrics.CONFIG_GENERATION.set(self._generation)
+        task = asyncio.create_task(old.close(drain_timeout=config.server.shutdown_timeout))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.info("configuration reloaded", extra={"fields": {"generation": self._generation}})
+        systemd.ready(status=f"serving, config generation {self._generation}")
+        return True
+
+    def _reload_failed(self, old: Runtime, problems: list[str]) -> bool:
+        metrics.CONFIG_RELOADS.labels("error").inc()
+        for problem in problems:
+            log.error("reload failed: %s", problem)
+        log.error(
+            "reload failed, still serving the previous configuration",
+            extra={"fields": {"generation": old.generation}},
+        )
+        systemd.ready(status=f"reload failed; serving config generation {old.generation}")
+        return False
+
+
+def _warn_static(old: Config, new: Config) -> None:
+    """Say which changes only a restart applies: the listener and the audit sink."""
+    if old.server.listen != new.server.listen:
+        log.warning("server.listen changed: restart gatewayd to apply it")
+    if old.audit != new.audit:
+        log.warning("audit settings changed: restart gatewayd to apply them")
+
+
+def _bound_address(site: web.TCPSite) -> str | None:
+    server = site._server  # aiohttp exposes no public accessor for the bound port
+    with contextlib.suppress(AttributeError, IndexError):
+        sock = server.sockets[0]  # type: ignore[union-attr]
+        host, port = sock.getsockname()[:2]
+        return f"{host}:{port}"
+    return None

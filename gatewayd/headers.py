@@ -1,0 +1,67 @@
+"""Which headers cross the proxy, in each direction (RFC 9110 section 7.6.1)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# Hop-by-hop: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Not hop-by-hop, but the gateway sets them itself: Host from the upstream
+# URL, Authorization from the upstream's key (the client's is never sent on),
+# Content-Length from the body it actually forwards.
+_REQUEST_OWNED = frozenset({"host", "authorization", "content-length", "expect"})
+_RESPONSE_OWNED = frozenset({"content-length", "server", "date"})
+
+REQUEST_ID = "X-Request-Id"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def _filter(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], owned: Iterable[str]
+) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _connection_tokens(headers) | frozenset(owned)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def upstream_request_headers(headers: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The client's headers as they may go upstream, with our request id."""
+    out = _filter(headers, _REQUEST_OWNED)
+    out[REQUEST_ID] = request_id
+    return out
+
+
+def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers as they may go back to the client."""
+    return _filter(headers, _RESPONSE_OWNED)
+
+
+def request_id_from(headers: CIMultiDictProxy[str]) -> str:
+    """The client's X-Request-Id when it is sane (short, no odd characters), else a new one."""
+    given = headers.get(REQUEST_ID)
+    if given is not None and _SANE_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex

@@ -1,0 +1,268 @@
+"""The catch-all handler: the whole request path, top to bottom.
+
+    normalise path -> route -> read body (bounded) -> input guardrails
+    -> upstream (breaker, retries, pool) -> output guardrails -> client
+
+Bodies nobody changed are forwarded as the bytes that arrived; JSON is parsed
+once and re-serialised only by a guardrail that rewrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gatewayd.config.schema import Mode, ServerConfig
+from gatewayd.errors import (
+    BadRequest,
+    GuardrailUnavailable,
+    GuardrailViolation,
+    NotFound,
+    RequestTimeout,
+    RequestTooLarge,
+)
+from gatewayd.exchange import CLIENT_CLOSED, Exchange
+from gatewayd.guardrails.pipeline import Guard, RequestResult
+from gatewayd.guardrails.types import Verdict
+from gatewayd.headers import REQUEST_ID, client_response_headers, upstream_request_headers
+from gatewayd.routing import normalize_path
+from gatewayd.runtime import Runtime
+
+EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange", Exchange)
+SUMMARY_HEADER = "X-Gatewayd-Guardrail"
+
+# Answers up to this size are read whole and sent in one write; larger or
+# unsized ones are relayed chunk by chunk.
+_BUFFER_LIMIT = 1024 * 1024
+
+
+async def handle(request: web.Request, runtime: Runtime) -> web.StreamResponse:
+    """Proxy one request on the given config generation."""
+    ex = request[EXCHANGE]
+    path, _, query = request.raw_path.partition("?")
+    match = runtime.routes.match(normalize_path(path))
+    if match is None:
+        raise NotFound("no route matches the request path")
+    route = match.route
+    ex.route, ex.upstream = route.name, route.upstream
+    upstream = runtime.upstreams[route.upstream]
+    guard = runtime.guards.get(route.policy) if route.policy else None
+    if guard is not None and guard.policy.mode is Mode.OFF:
+        guard = None
+
+    body = await read_body(request, runtime.config.server)
+    ex.bytes_in = len(body)
+    doc = _parse_request(request, body, guarded=guard is not None)
+    if doc is not None:
+        model = doc.get("model")
+        ex.model = model if isinstance(model, str) else None
+        ex.stream = doc.get("stream") is True
+
+    checked: RequestResult | None = None
+    if guard is not None and doc is not None:
+        ex.policy = guard.policy.name
+        checked = await guard.inspect_request(body, doc)
+        ex.summary = checked.summary
+        ex.unchecked = bool(checked.summary.unchecked)
+        _enforce(checked.verdict, guard, "request")
+        body = checked.body
+
+    headers = upstream_request_headers(request.headers, ex.request_id)
+    output_guard = (
+        guard if checked is not None and guard is not None and guard.needs_output else None
+    )
+    if output_guard is not None:
+        # The guard reads the answer's text, so it must arrive uncompressed.
+        headers["Accept-Encoding"] = "identity"
+    path_qs = f"{match.upstream_path}?{query}" if query else match.upstream_path
+    sent = await upstream.send(request.method, path_qs, headers, body)
+    ex.attempts, ex.upstream_ms = sent.attempts, sent.upstream_ms
+    response = sent.response
+    try:
+        out_headers = client_response_headers(response.headers)
+        out_headers[REQUEST_ID] = ex.request_id
+        ctype = response.headers.get("Content-Type", "")
+        if ctype.startswith("text/event-stream"):
+            result = await _relay_stream(request, response, out_headers, output_guard, checked, ex)
+        elif output_guard is not None and checked is not None and _is_json(ctype) and response.ok:
+            result = await _relay_guarded(response, out_headers, output_guard, checked, ex)
+        else:
+            result = await _relay_plain(request, response, out_headers, ex)
+        return result
+    finally:
+        # An answer not read to the end (client gone, output blocked) must not
+        # go back to the pool: closing also stops the upstream's generation.
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+
+
+async def read_body(request: web.Request, server: ServerConfig) -> bytes:
+    """The whole request body, refusing more than max_body_size or a slow sender."""
+    limit = server.max_body_size
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestTooLarge(f"request body exceeds {limit} bytes")
+    content = request.content
+    if content.is_eof():
+        return await content.read()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(server.read_timeout):
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLarge(f"request body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout("timed out reading the request body") from exc
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type.startswith("application/json") or "+json" in content_type
+
+
+def _parse_request(request: web.Request, body: bytes, *, guarded: bool) -> dict[str, Any] | None:
+    """The request's JSON object, or None when it has none.
+
+    On a guarded route a body that is not JSON is refused rather than passed
+    unchecked, whatever its Content-Type claims; only multipart uploads (files,
+    audio) carry no text the guardrails read.
+    """
+    if not body:
+        return None
+    if not guarded and not _is_json(request.content_type):
+        return None
+    if guarded and request.content_type.startswith("multipart/"):
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if not guarded:
+            return None
+        raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
+    if not isinstance(doc, dict):
+        if not guarded:
+            return None
+        raise BadRequest("the request body must be a JSON object", code="invalid_json")
+    return doc
+
+
+def _enforce(verdict: Verdict, guard: Guard, stage: str) -> None:
+    """Turn a refusing verdict into the error the client gets; values never appear."""
+    if verdict.unavailable is not None:
+        raise GuardrailUnavailable(
+            f"guardrail filter '{verdict.unavailable}' of policy '{guard.policy.name}' "
+            "is unavailable"
+        )
+    if verdict.blocked:
+        fields = f" in {', '.join(verdict.blocked_fields)}" if verdict.blocked_fields else ""
+        raise GuardrailViolation(
+            f"{stage} blocked by policy '{guard.policy.name}': {', '.join(verdict.blocked)}{fields}"
+        )
+
+
+def _record_usage(ex: Exchange, doc: object) -> None:
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        ex.prompt_tokens = prompt if isinstance(prompt, int) else None
+        ex.completion_tokens = completion if isinstance(completion, int) else None
+
+
+def _summarise(out_headers: CIMultiDict[str], guard: Guard | None, ex: Exchange) -> None:
+    if guard is not None and guard.policy.summary_header and ex.summary is not None:
+        out_headers[SUMMARY_HEADER] = ex.summary.header()
+
+
+async def _relay_plain(
+    request: web.Request,
+    response: aiohttp.ClientResponse,
+    out_headers: CIMultiDict[str],
+    ex: Exchange,
+) -> web.StreamResponse:
+    """The upstream's answer as it came: status, headers, bytes."""
+    length = response.content_length
+    if length is not None and length <= _BUFFER_LIMIT:
+        raw = await response.read()
+        ex.bytes_out = len(raw)
+        if response.ok and _is_json(response.headers.get("Content-Type", "")):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                _record_usage(ex, orjson.loads(raw))
+        return web.Response(status=response.status, body=raw, headers=out_headers)
+    out = web.StreamResponse(status=response.status, headers=out_headers)
+    if length is not None:
+        out.content_length = length
+    await out.prepare(request)
+    async for chunk in response.content.iter_any():
+        await out.write(chunk)
+        ex.bytes_out += len(chunk)
+    await out.write_eof()
+    return out
+
+
+async def _relay_guarded(
+    response: aiohttp.ClientResponse,
+    out_headers: CIMultiDict[str],
+    guard: Guard,
+    checked: RequestResult,
+    ex: Exchange,
+) -> web.StreamResponse:
+    """A whole JSON answer through the output stage: restore, then filters."""
+    raw = await response.read()
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    body = raw
+    if isinstance(doc, dict):
+        _record_usage(ex, doc)
+        result = await guard.inspect_response(raw, doc, checked)
+        _enforce(result.verdict, guard, "response")
+        body = result.body
+    _summarise(out_headers, guard, ex)
+    ex.bytes_out = len(body)
+    return web.Response(status=response.status, body=body, headers=out_headers)
+
+
+async def _relay_stream(
+    request: web.Request,
+    response: aiohttp.ClientResponse,
+    out_headers: CIMultiDict[str],
+    guard: Guard | None,
+    checked: RequestResult | None,
+    ex: Exchange,
+) -> web.StreamResponse:
+    """An SSE answer, event by event as the upstream produces them."""
+    ex.stream = True
+    stream_guard = guard.stream(checked) if guard is not None and checked is not None else None
+    _summarise(out_headers, guard, ex)
+    out = web.StreamResponse(status=response.status, headers=out_headers)
+    await out.prepare(request)
+    try:
+        async for chunk in response.content.iter_any():
+            data = await stream_guard.feed(chunk) if stream_guard is not None else chunk
+            if data:
+                await out.write(data)
+                ex.bytes_out += len(data)
+            if stream_guard is not None and not stream_guard.verdict.allowed:
+                ex.error = GuardrailViolation.code
+                break
+        if stream_guard is not None and (tail := await stream_guard.finish()):
+            await out.write(tail)
+            ex.bytes_out += len(tail)
+        await out.write_eof()
+    except ConnectionResetError:
+        # The client went away mid-stream; the caller closes the upstream.
+        ex.status = CLIENT_CLOSED
+        raise
+    return out

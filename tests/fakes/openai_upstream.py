@@ -1,0 +1,205 @@
+"""A fake OpenAI API on loopback: chat (plain and SSE), completions, embeddings, models.
+
+The assistant answers by echoing the last user message ("You said: ..."), so a
+test can see what the upstream received (placeholders, after redaction) and
+what the client got back (values, after restore). Tests steer it through
+`FakeState` on the app: fail the next requests, stall, slow the stream.
+
+Run standalone for the demo: python -m tests.fakes.openai_upstream --port 9100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeState:
+    received: list[Received] = field(default_factory=list)
+    # Statuses to answer the next requests with, one each, before behaving.
+    fail_next: list[int] = field(default_factory=list)
+    # Seconds to wait before answering headers.
+    stall: float = 0.0
+    # Characters per SSE event and seconds between events.
+    chunk_chars: int = 4
+    event_delay: float = 0.0
+    # Set when a stream's client went away before the end.
+    stream_aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    # A fixed answer instead of the echo (for output filter tests).
+    answer: str | None = None
+
+
+STATE = web.AppKey("state", FakeState)
+
+
+def _last_user_text(doc: dict[str, Any]) -> str:
+    for message in reversed(doc.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+    prompt = doc.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _answer(state: FakeState, doc: dict[str, Any]) -> str:
+    return state.answer if state.answer is not None else f"You said: {_last_user_text(doc)}"
+
+
+def _usage(doc: dict[str, Any], answer: str) -> dict[str, int]:
+    prompt_tokens = len(orjson.dumps(doc.get("messages") or doc.get("prompt") or "")) // 4
+    completion_tokens = max(1, len(answer) // 4)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@web.middleware
+async def _record(request: web.Request, handler: Any) -> web.StreamResponse:
+    state = request.app[STATE]
+    body = await request.read()
+    state.received.append(Received(request.method, request.path_qs, dict(request.headers), body))
+    if state.stall:
+        await asyncio.sleep(state.stall)
+    if state.fail_next:
+        status = state.fail_next.pop(0)
+        error = {"error": {"message": f"fake failure {status}", "type": "server_error"}}
+        return web.json_response(error, status=status)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    doc = orjson.loads(await request.read())
+    answer = _answer(state, doc)
+    created = int(time.time())
+    base = {"id": "chatcmpl-fake", "created": created, "model": doc.get("model", "fake")}
+    if not doc.get("stream"):
+        return web.json_response(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _usage(doc, answer),
+            }
+        )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        chunk = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    try:
+        await response.write(event({"role": "assistant", "content": ""}))
+        step = max(1, state.chunk_chars)
+        for i in range(0, len(answer), step):
+            if state.event_delay:
+                await asyncio.sleep(state.event_delay)
+            await response.write(event({"content": answer[i : i + step]}))
+        await response.write(event({}, "stop", usage=_usage(doc, answer)))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        state.stream_aborted.set()
+        raise
+    return response
+
+
+async def completions(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    doc = orjson.loads(await request.read())
+    answer = _answer(state, doc)
+    return web.json_response(
+        {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": doc.get("model", "fake"),
+            "choices": [{"index": 0, "text": answer, "finish_reason": "stop", "logprobs": None}],
+            "usage": _usage(doc, answer),
+        }
+    )
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    doc = orjson.loads(await request.read())
+    inputs = doc.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    data = [
+        {"object": "embedding", "index": i, "embedding": [float(len(str(t))), 0.5, -0.25]}
+        for i, t in enumerate(items)
+    ]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": doc.get("model", "fake"),
+            "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+        }
+    )
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "gatewayd-tests"}
+            ],
+        }
+    )
+
+
+def make_app(state: FakeState | None = None) -> web.Application:
+    """The fake upstream; routes live under /v1 like OpenAI's."""
+    app = web.Application(middlewares=[_record])
+    app[STATE] = state or FakeState()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    web.run_app(make_app(), host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
