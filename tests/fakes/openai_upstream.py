@@ -42,6 +42,8 @@ class FakeState:
     stream_aborted: asyncio.Event = field(default_factory=asyncio.Event)
     # A fixed answer instead of the echo (for output filter tests).
     answer: str | None = None
+    # Print each request body to stdout (the demo shows what arrived).
+    log_bodies: bool = False
 
 
 STATE = web.AppKey("state", FakeState)
@@ -78,6 +80,8 @@ async def _record(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[STATE]
     body = await request.read()
     state.received.append(Received(request.method, request.path_qs, dict(request.headers), body))
+    if state.log_bodies:
+        print(f"{request.method} {request.path_qs} {body.decode(errors='replace')}", flush=True)
     if state.stall:
         await asyncio.sleep(state.stall)
     if state.fail_next:
@@ -197,8 +201,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--log-bodies", action="store_true", help="print each request body")
     args = parser.parse_args()
-    web.run_app(make_app(), host=args.host, port=args.port, print=None)
+    app = make_app(FakeState(log_bodies=args.log_bodies))
+    web.run_app(app, host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":
