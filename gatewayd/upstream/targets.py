@@ -34,7 +34,7 @@ def parse_target(url: str) -> Target:
     """A Target from a configured URL; the trailing slash of its path is dropped."""
     parsed = URL(url)
     if not parsed.absolute or parsed.scheme not in ("http", "https"):
-        raise ValueError(f"upstream url must be absolute http(s): {parsed.with_user(None)}")
+        raise ValueError("upstream url must be an absolute http(s) URL")
     # A base path's trailing slash would double up with the request path's leading one.
     base = str(parsed.with_query(None).with_fragment(None)).rstrip("/")
     label = str(parsed.with_user(None).with_query(None).with_fragment(None)).rstrip("/")
