@@ -261,8 +261,10 @@ class Upstream:
         self._in_flight -= 1
 
     def _on_breaker_change(self, state: BreakerState) -> None:
-        self._circuit_open.set(0 if state is BreakerState.CLOSED else 1)
-        log.warning("upstream %s: circuit breaker %s", self.name, state.value)
+        closed = state is BreakerState.CLOSED
+        self._circuit_open.set(0 if closed else 1)
+        level = logging.INFO if closed else logging.WARNING
+        log.log(level, "upstream %s: circuit breaker %s", self.name, state.value)
 
 
 def _failure_reason(exc: BaseException) -> str:
