@@ -1,0 +1,77 @@
+"""Turn a source tree into a `Config`, collecting every problem on the way.
+
+Sections are built in dependency order (filters before the policies that name
+them, upstreams and policies before routes). A reference is checked against
+the names *declared* in the file, not those that built cleanly, so one broken
+upstream is reported once rather than again by every route that uses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+
+from gatewayd.config import values as v
+from gatewayd.config.guardrails import read_filters, read_policies
+from gatewayd.config.reader import Context, Many, Reader, Spec
+from gatewayd.config.schema import AuditConfig, Config, LoggingConfig, ServerConfig
+from gatewayd.config.source import Table
+from gatewayd.config.upstreams import read_routes, read_upstreams
+
+_SERVER: Spec = {
+    "listen": v.listen,
+    "workers": v.integer(1, 1024),
+    "max_body_size": v.size(1),
+    "read_timeout": v.duration(positive=True),
+    "shutdown_timeout": v.duration(),
+    "trusted_proxies": Many(v.network),
+}
+_LOGGING: Spec = {
+    "level": v.choice("debug", "info", "warning", "error"),
+    "format": v.choice("json", "text"),
+    "access_log": v.boolean,
+}
+
+
+def build_config(tree: Table, context: Context, source: Path) -> Config:
+    """The Config for `tree`; check `context.problems` before trusting it."""
+    root = Reader(context, tree, "", tree.line)
+    base = source.parent
+    filters = read_filters(root, base)
+    policies = read_policies(root, root.declared("filters"))
+    upstreams = read_upstreams(root)
+    routes = read_routes(root, root.declared("upstreams"), root.declared("policies"))
+    server = root.table("server")
+    logging = root.table("logging")
+    audit = root.table("audit")
+    config = Config(
+        source=source,
+        server=ServerConfig(**server.fields(_SERVER)) if server is not None else ServerConfig(),
+        logging=LoggingConfig(**logging.fields(_LOGGING))
+        if logging is not None
+        else LoggingConfig(),
+        upstreams=MappingProxyType(upstreams),
+        routes=MappingProxyType(routes),
+        policies=MappingProxyType(policies),
+        filters=MappingProxyType(filters),
+        audit=_audit(audit, base) if audit is not None else AuditConfig(),
+    )
+    context.report_unknown()
+    return config
+
+
+def _audit(reader: Reader, base: Path) -> AuditConfig:
+    audit = AuditConfig(
+        **reader.fields(
+            {
+                "sink": v.choice("jsonl", "off"),
+                "path": v.path_under(base),
+                "batch_size": v.integer(1),
+                "flush_interval": v.duration(positive=True),
+                "queue_size": v.integer(1),
+            }
+        )
+    )
+    if audit.batch_size > audit.queue_size:
+        reader.problem("batch_size", "must not be larger than queue_size")
+    return audit
