@@ -160,14 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
+    import uvloop
 
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    print(f"building the analyzer engine on {args.host}:{args.port} ...", flush=True)
-    web.run_app(make_app(build_engine()), host=args.host, port=args.port, loop=loop)
+    web.run_app(
+        make_app(build_engine()), host=args.host, port=args.port, loop=uvloop.new_event_loop()
+    )
 
 
 if __name__ == "__main__":
