@@ -100,32 +100,38 @@ class PresidioFilter:
         return [[] if key is None else list(found[key]) for key in keys]
 
     async def _fill(self, todo: dict[str, str]) -> None:
-        """Answer the futures of `todo` (key -> text) from Redis, then the analyzer."""
+        """Answer the futures of `todo` (key -> text), then share fresh results via Redis."""
         try:
-            if self._redis is not None:
-                cached = await self._redis.get_many(list(todo))
-                for key, spans in zip(list(todo), cached, strict=True):
-                    if spans is not None:
-                        self._settle(key, spans)
-                        del todo[key]
-            if not todo:
-                return
-            results = await self._client.analyze(list(todo.values()))
-            fresh = list(zip(todo, results, strict=True))
-            for key, spans in fresh:
-                self._settle(key, spans)
-            todo.clear()
-            if self._redis is not None:
-                await self._redis.put_many(fresh)
+            fresh = await self._lookup(todo)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which raises it
             for key in todo:
                 self._fail(key, exc)
+            return
         finally:
-            # Only reached with keys left when cancelled (close() at shutdown).
+            # Keys are left only when cancelled (close() at shutdown).
             for key in todo:
                 future = self._inflight.pop(key, None)
                 if future is not None and not future.done():
                     future.cancel()
+        if fresh and self._redis is not None:
+            await self._redis.put_many(fresh)
+
+    async def _lookup(self, todo: dict[str, str]) -> list[tuple[str, Spans]]:
+        """Settle what Redis knows, then what the analyzer finds; each key leaves `todo`."""
+        if self._redis is not None:
+            cached = await self._redis.get_many(list(todo))
+            for key, spans in zip(list(todo), cached, strict=True):
+                if spans is not None:
+                    self._settle(key, spans)
+                    del todo[key]
+        if not todo:
+            return []
+        results = await self._client.analyze(list(todo.values()))
+        fresh = list(zip(todo, results, strict=True))
+        for key, spans in fresh:
+            self._settle(key, spans)
+        todo.clear()
+        return fresh
 
     def _settle(self, key: str, spans: Spans) -> None:
         self._memory.put(key, spans)
