@@ -78,6 +78,18 @@ async def test_malformed_answers_are_invalid_responses(
     assert error.kind == "invalid_response"
 
 
+async def test_malformed_answers_count_against_the_breaker(
+    start_filter: StartFilter, analyzer: Analyzer
+) -> None:
+    """An analyzer answering garbage opens the circuit like one answering 500."""
+    presidio = await start_filter(breaker=BreakerConfig(failure_threshold=2, open_for=60))
+    analyzer.state.body = b"[]"
+    for i in range(2):
+        assert (await failure(presidio.scan_batch([f"text {i}"]))).kind == "invalid_response"
+    assert (await failure(presidio.scan_batch(["text 2"]))).kind == "breaker_open"
+    assert analyzer.state.calls == 2
+
+
 async def test_one_failure_reaches_every_waiting_request(
     start_filter: StartFilter, analyzer: Analyzer
 ) -> None:

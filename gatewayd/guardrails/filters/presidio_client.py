@@ -78,18 +78,15 @@ class AnalyzerClient:
     async def analyze(self, texts: Sequence[str]) -> list[Spans]:
         """Spans for each text: one call in batch mode, else one concurrent call per text."""
         if self._batch:
-            raw = await self._call(list(texts), len(texts))
-            if not isinstance(raw, list) or len(raw) != len(texts):
-                raise self._invalid("expected one result list per text")
-            return [self._spans(item, text) for item, text in zip(raw, texts, strict=True)]
+            return await self._call(list(texts), texts)
         answers = await asyncio.gather(
-            *(self._call(text, 1) for text in texts), return_exceptions=True
+            *(self._call(text, (text,)) for text in texts), return_exceptions=True
         )
         results: list[Spans] = []
-        for answer, text in zip(answers, texts, strict=True):
+        for answer in answers:
             if isinstance(answer, BaseException):
                 raise answer
-            results.append(self._spans(answer, text))
+            results.extend(answer)
         return results
 
     async def health(self) -> FilterHealth:
@@ -109,7 +106,7 @@ class AnalyzerClient:
             return self._health(False, latency_ms, "http")
         return self._health(True, latency_ms, None)
 
-    async def _call(self, text: str | list[str], count: int) -> object:
+    async def _call(self, wire_text: str | list[str], texts: Sequence[str]) -> list[Spans]:
         if self.breaker.state is BreakerState.OPEN:
             raise self._breaker_open()
         await self._acquire()
@@ -118,10 +115,13 @@ class AnalyzerClient:
             if not self.breaker.allow():
                 raise self._breaker_open()
             self._calls.inc()
-            self._texts.inc(count)
+            self._texts.inc(len(texts))
             started = time.perf_counter()
             try:
-                answer = await self._post({**self._params, "text": text})
+                answer = await self._post({**self._params, "text": wire_text})
+                # A garbled answer is the analyzer's failure as much as a 500.
+                batched = isinstance(wire_text, list)
+                results = self._parse(answer if batched else [answer], texts)
             except (FilterError, asyncio.CancelledError):
                 # A cancelled call counts too, or an abandoned half-open probe
                 # would hold its slot and keep the breaker shut for good.
@@ -130,7 +130,7 @@ class AnalyzerClient:
             finally:
                 self._duration.observe(time.perf_counter() - started)
             self.breaker.record_success()
-            return answer
+            return results
         finally:
             self._slots.release()
 
@@ -168,6 +168,11 @@ class AnalyzerClient:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise self._invalid("body is not JSON") from exc
+
+    def _parse(self, raw: object, texts: Sequence[str]) -> list[Spans]:
+        if not isinstance(raw, list) or len(raw) != len(texts):
+            raise self._invalid("expected one result list per text")
+        return [self._spans(item, text) for item, text in zip(raw, texts, strict=True)]
 
     def _spans(self, raw: object, text: str) -> Spans:
         if not isinstance(raw, list):
