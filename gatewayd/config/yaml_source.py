@@ -38,7 +38,7 @@ def parse_yaml(text: str, path: Path) -> tuple[Table, list[Problem]]:
     if root is None:
         return Table({}, 1), []
     composer = _Composer(path)
-    tree = composer.node(root, "", frozenset())
+    tree = composer.node(root, "", frozenset(), 1)
     if not isinstance(tree, Table):
         composer.problem(root, "", "the top level must be a table of sections")
         return Table({}, 1), composer.problems
@@ -56,18 +56,22 @@ class _Composer:
     def problem(self, node: yaml.Node, key: str, message: str) -> None:
         self.problems.append(Problem(self.path, _line(node), key, message))
 
-    def node(self, node: yaml.Node, key: str, parents: frozenset[int]) -> Node:
+    def node(self, node: yaml.Node, key: str, parents: frozenset[int], line: int) -> Node:
         # Aliases make the composed graph share nodes; an anchor that contains
-        # its own alias would otherwise recurse forever.
+        # its own alias would otherwise recurse forever. `line` is where the
+        # node is referenced: an alias node only knows where its anchor is.
         if id(node) in parents:
-            self.problem(node, key, "an alias refers to a node that contains it")
-            return Scalar(None, "", _line(node))
+            self.problems.append(
+                Problem(self.path, line, key, "an alias refers to a node that contains it")
+            )
+            return Scalar(None, "", line)
         inside = parents | {id(node)}
         if isinstance(node, yaml.MappingNode):
             return self.table(node, key, inside)
         if isinstance(node, yaml.SequenceNode):
             items = tuple(
-                self.node(item, f"{key}[{index}]", inside) for index, item in enumerate(node.value)
+                self.node(item, f"{key}[{index}]", inside, _line(node))
+                for index, item in enumerate(node.value)
             )
             return Seq(items, _line(node))
         return self.scalar(node, key)
@@ -98,7 +102,9 @@ class _Composer:
                 first = entries[name].line
                 self.problem(key_node, path, f"duplicate key (first set at line {first})")
                 continue
-            entries[name] = Entry(_line(key_node), self.node(value_node, path, parents))
+            entries[name] = Entry(
+                _line(key_node), self.node(value_node, path, parents, _line(key_node))
+            )
         # `<<: *defaults` fills only the keys the mapping does not set itself;
         # with a list of sources the earlier one wins.
         for source in merged:
@@ -110,7 +116,7 @@ class _Composer:
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
         tables: list[Table] = []
         for source in sources:
-            converted = self.node(source, key, parents)
+            converted = self.node(source, key, parents, _line(node))
             if isinstance(converted, Table):
                 tables.append(converted)
             else:
