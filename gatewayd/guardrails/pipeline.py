@@ -1,0 +1,223 @@
+"""A policy compiled with its filters: the guardrails of whole requests and answers.
+
+    request: texts -> input filters in order, each on the text the previous left
+             -> verdict; the original bytes, or the document re-serialised if redacted
+    answer:  texts -> restore this request's placeholders -> output filters -> verdict, bytes
+    stream:  Guard.stream() -> StreamGuard (streaming.py), event by event
+
+Inline filters are called directly; a remote filter gets every text of the
+payload in one awaited call, and its failure is settled by on_error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gatewayd.config.schema import Mode, PolicyConfig
+from gatewayd.errors import FilterError
+from gatewayd.guardrails.actions import Applier, CompiledFilter, Rules
+from gatewayd.guardrails.extract import TextSlot, request_texts, response_texts
+from gatewayd.guardrails.placeholders import Range, Redactions
+from gatewayd.guardrails.streaming import StreamGuard
+from gatewayd.guardrails.types import (
+    ALLOW,
+    Filter,
+    InlineFilter,
+    Span,
+    Stage,
+    Summary,
+    Verdict,
+)
+
+
+@dataclass(slots=True)
+class RequestResult:
+    """The input stage's outcome; the answer's stage reads its redactions and summary."""
+
+    verdict: Verdict
+    # `raw` itself when nothing changed, so the original bytes go upstream.
+    body: bytes
+    redactions: Redactions
+    summary: Summary
+
+
+@dataclass(slots=True)
+class ResponseResult:
+    """The output stage's outcome for a whole answer."""
+
+    verdict: Verdict
+    body: bytes
+
+
+class _Texts:
+    """The texts of one payload as the filters change them."""
+
+    __slots__ = ("originals", "protected", "slots", "texts")
+
+    def __init__(self, slots: list[TextSlot]) -> None:
+        self.slots = slots
+        self.originals = [slot.text for slot in slots]
+        self.texts = list(self.originals)
+        self.protected: list[Sequence[Range]] = [()] * len(slots)
+
+    def restore(self, redactions: Redactions) -> None:
+        texts = self.texts
+        for i, text in enumerate(texts):
+            texts[i], self.protected[i] = redactions.restore_ranges(text)
+
+    def inline(self, compiled: CompiledFilter, inline: InlineFilter, applier: Applier) -> None:
+        start = time.perf_counter()
+        scan = inline.scan
+        texts, protected, slots = self.texts, self.protected, self.slots
+        for i, text in enumerate(texts):
+            if spans := scan(text):
+                texts[i], protected[i] = applier.apply(
+                    compiled.name, text, spans, protected[i], slots[i]
+                )
+        compiled.timer.observe(time.perf_counter() - start)
+
+    def apply(self, name: str, found: Sequence[Sequence[Span]], applier: Applier) -> None:
+        texts, protected, slots = self.texts, self.protected, self.slots
+        for i, spans in enumerate(found):
+            if spans:
+                texts[i], protected[i] = applier.apply(
+                    name, texts[i], spans, protected[i], slots[i]
+                )
+
+    def write(self) -> bool:
+        """Put changed texts back into the document; False when none changed."""
+        changed = False
+        for slot, original, text in zip(self.slots, self.originals, self.texts, strict=True):
+            if text is not original:
+                slot.write(text)
+                changed = True
+        return changed
+
+
+class Guard:
+    """One policy compiled with its filters; built once per config generation."""
+
+    __slots__ = (
+        "_input",
+        "_input_remote",
+        "_output",
+        "_output_remote",
+        "_restore",
+        "_rules",
+        "needs_output",
+        "policy",
+    )
+
+    def __init__(self, policy: PolicyConfig, filters: Mapping[str, Filter]) -> None:
+        self.policy = policy
+        active = policy.mode is not Mode.OFF
+        self._rules = Rules(policy)
+        self._input = (
+            tuple(CompiledFilter(filters[name], policy) for name in policy.input) if active else ()
+        )
+        self._output = (
+            tuple(CompiledFilter(filters[name], policy) for name in policy.output) if active else ()
+        )
+        self._input_remote = any(f.remote is not None for f in self._input)
+        self._output_remote = any(f.remote is not None for f in self._output)
+        self._restore = active and policy.restore
+        # True if restore or output filters: the proxy must pass the answer through the guard.
+        self.needs_output = self._restore or bool(self._output)
+
+    async def inspect_request(self, raw: bytes, doc: dict[str, Any]) -> RequestResult:
+        """Run the input filters over a parsed request; redactions change `doc` in place."""
+        summary = Summary()
+        redactions = Redactions()
+        slots = request_texts(doc) if self._input else None
+        if not slots:
+            return RequestResult(ALLOW, raw, redactions, summary)
+        texts = _Texts(slots)
+        applier = Applier(self._rules, Stage.INPUT, summary, redactions)
+        unavailable = None
+        if self._input_remote:
+            unavailable = await self._run_remote(self._input, texts, applier, summary)
+        else:
+            self._run(self._input, texts, applier)
+        verdict = _verdict(applier, unavailable)
+        if verdict is not ALLOW or not texts.write():
+            return RequestResult(verdict, raw, redactions, summary)
+        return RequestResult(verdict, orjson.dumps(doc), redactions, summary)
+
+    async def inspect_response(
+        self, raw: bytes, doc: dict[str, Any], request: RequestResult
+    ) -> ResponseResult:
+        """Restore placeholders in a whole parsed answer, then run the output filters."""
+        slots = response_texts(doc) if self.needs_output else None
+        if not slots:
+            return ResponseResult(ALLOW, raw)
+        texts = _Texts(slots)
+        redactions = request.redactions
+        if self._restore and redactions:
+            texts.restore(redactions)
+        verdict = ALLOW
+        if self._output:
+            applier = Applier(self._rules, Stage.OUTPUT, request.summary, redactions)
+            unavailable = None
+            if self._output_remote:
+                unavailable = await self._run_remote(self._output, texts, applier, request.summary)
+            else:
+                self._run(self._output, texts, applier)
+            verdict = _verdict(applier, unavailable)
+        if verdict is not ALLOW or not texts.write():
+            return ResponseResult(verdict, raw)
+        return ResponseResult(verdict, orjson.dumps(doc))
+
+    def stream(self, request: RequestResult) -> StreamGuard:
+        """A guard for one streamed (SSE) answer to `request`."""
+        return StreamGuard(
+            self._output,
+            self._rules,
+            request.redactions if self._restore else None,
+            request.summary,
+        )
+
+    @staticmethod
+    def _run(filters: tuple[CompiledFilter, ...], texts: _Texts, applier: Applier) -> None:
+        for compiled in filters:
+            if compiled.inline is not None:
+                texts.inline(compiled, compiled.inline, applier)
+            if applier.blocked:
+                return
+
+    @staticmethod
+    async def _run_remote(
+        filters: tuple[CompiledFilter, ...], texts: _Texts, applier: Applier, summary: Summary
+    ) -> str | None:
+        """Like `_run` with remote filters among them; returns a failed filter's name
+        when its on_error refuses the payload."""
+        for compiled in filters:
+            if compiled.inline is not None:
+                texts.inline(compiled, compiled.inline, applier)
+            elif compiled.remote is not None:
+                start = time.perf_counter()
+                try:
+                    found = await compiled.remote.scan_batch(texts.texts)
+                except FilterError as exc:
+                    compiled.timer.observe(time.perf_counter() - start)
+                    if compiled.failed(exc, summary):
+                        return compiled.name
+                    continue
+                texts.apply(compiled.name, found, applier)
+                compiled.timer.observe(time.perf_counter() - start)
+            if applier.blocked:
+                return None
+        return None
+
+
+def _verdict(applier: Applier, unavailable: str | None) -> Verdict:
+    if unavailable is not None:
+        return Verdict(unavailable=unavailable)
+    if applier.blocked:
+        blocked, fields = applier.verdict_parts()
+        return Verdict(blocked=blocked, blocked_fields=fields)
+    return ALLOW
