@@ -12,7 +12,6 @@ flight, open streams included, finish on the generation they started on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -24,7 +23,7 @@ from gatewayd import __version__, systemd
 from gatewayd.app import make_app
 from gatewayd.audit.writer import AuditWriter
 from gatewayd.config import load
-from gatewayd.config.schema import Config
+from gatewayd.config.schema import Config, ServerConfig
 from gatewayd.errors import ConfigError
 from gatewayd.observability import health, metrics
 from gatewayd.observability import logging as gw_logging
@@ -33,10 +32,25 @@ from gatewayd.runtime import Runtime, RuntimeHolder, build_runtime
 log = logging.getLogger(__name__)
 
 
+def make_runner(app: web.Application, server: ServerConfig) -> web.AppRunner:
+    """The runner the daemon (and the tests) serve the app with."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        # A client that disconnects cancels its handler, which closes the
+        # upstream request: an abandoned completion stops being generated.
+        handler_cancellation=True,
+        # Also bounds how long a new connection may take to send its headers.
+        keepalive_timeout=server.read_timeout,
+        shutdown_timeout=server.shutdown_timeout,
+    )
+
+
 def run(config: Config) -> int:
     """Serve until SIGTERM or SIGINT; the process exit code."""
     gw_logging.configure(config.logging)
-    return asyncio.run(Daemon(config).serve(), loop_factory=uvloop.new_event_loop)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Daemon(config).serve())
 
 
 class Daemon:
@@ -51,16 +65,7 @@ class Daemon:
     async def serve(self) -> int:
         config = self._holder.current.config
         app = make_app(self._holder, self._audit)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            # A client that disconnects cancels its handler, which closes the
-            # upstream request: an abandoned completion stops being generated.
-            handler_cancellation=True,
-            # Also bounds how long a new connection may take to send its headers.
-            keepalive_timeout=config.server.read_timeout,
-            shutdown_timeout=config.server.shutdown_timeout,
-        )
+        runner = make_runner(app, config.server)
         await runner.setup()
         listen = config.server.listen
         site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
@@ -75,7 +80,7 @@ class Daemon:
         log.info(
             "gatewayd %s listening on %s",
             __version__,
-            _bound_address(site) or listen,
+            _address(runner) or listen,
             extra={"fields": {"generation": self._generation, "config": str(self._source)}},
         )
         systemd.ready(status=f"serving on {listen}, config generation {self._generation}")
@@ -148,10 +153,9 @@ def _warn_static(old: Config, new: Config) -> None:
         log.warning("audit settings changed: restart gatewayd to apply them")
 
 
-def _bound_address(site: web.TCPSite) -> str | None:
-    server = site._server  # aiohttp exposes no public accessor for the bound port
-    with contextlib.suppress(AttributeError, IndexError):
-        sock = server.sockets[0]  # type: ignore[union-attr]
-        host, port = sock.getsockname()[:2]
-        return f"{host}:{port}"
+def _address(runner: web.AppRunner) -> str | None:
+    """Where the listener actually bound (the port matters when config says 0)."""
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return None

@@ -112,7 +112,12 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
         raise RequestTooLarge(f"request body exceeds {limit} bytes")
     content = request.content
     if content.is_eof():
-        return await content.read()
+        # Already buffered whole: no waiting, but a chunked body has no
+        # Content-Length to have been checked against.
+        body = await content.read()
+        if len(body) > limit:
+            raise RequestTooLarge(f"request body exceeds {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:

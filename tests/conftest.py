@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -34,7 +37,7 @@ async def redis_url() -> AsyncIterator[str]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         await asyncio.wait_for(client.ping(), timeout=2)
-    except (OSError, asyncio.TimeoutError, redis.RedisError) as exc:
+    except (TimeoutError, OSError, redis.RedisError) as exc:
         await client.aclose()
         service_missing("Redis", exc)
     await client.flushdb()
@@ -44,13 +47,37 @@ async def redis_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def postgres_dsn() -> AsyncIterator[str]:
+async def postgres_dsn() -> str:
     """A reachable PostgreSQL DSN."""
     import asyncpg
 
     try:
         conn = await asyncio.wait_for(asyncpg.connect(POSTGRES_DSN), timeout=5)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         service_missing("PostgreSQL", exc)
     await conn.close()
-    yield POSTGRES_DSN
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+async def fake_upstream(aiohttp_server: Any) -> FakeUpstream:
+    """The fake OpenAI API on a loopback port, with its controls."""
+    from tests.fakes.openai_upstream import FakeState, make_app
+
+    state = FakeState()
+    server = await aiohttp_server(make_app(state))
+    return FakeUpstream(url=f"http://127.0.0.1:{server.port}", state=state)
+
+
+@dataclass
+class FakeUpstream:
+    url: str
+    state: Any
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -18,13 +18,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
 class Received:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
 
@@ -79,7 +80,9 @@ def _usage(doc: dict[str, Any], answer: str) -> dict[str, int]:
 async def _record(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[STATE]
     body = await request.read()
-    state.received.append(Received(request.method, request.path_qs, dict(request.headers), body))
+    state.received.append(
+        Received(request.method, request.path_qs, CIMultiDict(request.headers), body)
+    )
     if state.log_bodies:
         print(f"{request.method} {request.path_qs} {body.decode(errors='replace')}", flush=True)
     if state.stall:
