@@ -86,8 +86,8 @@ class Runtime:
                 await resource.close()
             except Exception as exc:  # noqa: BLE001 - close the rest, report all
                 errors.append(exc)
-        for exc in errors:
-            log.warning("closing generation %d: %s", self.generation, type(exc).__name__)
+        for error in errors:
+            log.warning("closing generation %d: %s", self.generation, type(error).__name__)
 
     def _resources(self) -> Iterator[Startable]:
         yield from self.upstreams.values()
