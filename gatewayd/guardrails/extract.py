@@ -7,6 +7,7 @@ changes the document in place, so only a changed document is serialised again.
 
 A streamed chunk yields `ChunkText`s instead: each continues one stream of
 text, a choice's message (`delta.content` or `text`) or one of its tool calls.
+They are plain tuples: a stream of ~50 events makes many of them.
 """
 
 from __future__ import annotations
@@ -138,20 +139,8 @@ def _strings(doc: dict[str, Any], key: str, slots: list[TextSlot]) -> None:
                 slots.append(TextSlot(value, i, (key, i)))
 
 
-class ChunkText:
-    """One piece of streamed text in a chunk's choice, and the stream it continues."""
-
-    __slots__ = ("holder", "key", "tool")
-
-    def __init__(self, holder: dict[str, Any], key: str, tool: int) -> None:
-        self.holder = holder
-        self.key = key
-        self.tool = tool
-
-    @property
-    def text(self) -> str:
-        text: str = self.holder[self.key]
-        return text
+ChunkText = tuple[dict[str, Any], str, int]
+"""One piece of streamed text: the dict holding it, its key there, its tool index."""
 
 
 def chunk_texts(choice: dict[str, Any]) -> list[ChunkText]:
@@ -160,7 +149,7 @@ def chunk_texts(choice: dict[str, Any]) -> list[ChunkText]:
     delta = choice.get("delta")
     if isinstance(delta, dict):
         if isinstance(delta.get(CONTENT), str):
-            texts.append(ChunkText(delta, CONTENT, MESSAGE))
+            texts.append((delta, CONTENT, MESSAGE))
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             for j, call in enumerate(calls):
@@ -169,11 +158,9 @@ def chunk_texts(choice: dict[str, Any]) -> list[ChunkText]:
                 function = call.get("function")
                 if isinstance(function, dict) and isinstance(function.get(ARGUMENTS), str):
                     tool = call.get("index", j)
-                    texts.append(
-                        ChunkText(function, ARGUMENTS, tool if isinstance(tool, int) else j)
-                    )
+                    texts.append((function, ARGUMENTS, tool if isinstance(tool, int) else j))
     if isinstance(choice.get(TEXT), str):
-        texts.append(ChunkText(choice, TEXT, MESSAGE))
+        texts.append((choice, TEXT, MESSAGE))
     return texts
 
 

@@ -91,6 +91,11 @@ class StreamRestorer:
         self._longest = max(map(len, values), default=0)
         self._pending = ""
 
+    @property
+    def holding(self) -> bool:
+        """Is a partial placeholder held back?"""
+        return bool(self._pending)
+
     def push(self, text: str, final: bool = False) -> tuple[str, list[Range]]:
         """The restored text that can be released now, and where its restored values sit."""
         if self._pending:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
-_EOL = re.compile(rb"\r\n|\r|\n")
+# A blank line: a line end right after a line end. A CR counts alone only
+# when no LF follows, so CRLF is never read as CR + LF.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _CR = 13
 
 
@@ -29,6 +31,24 @@ class Event:
         # An event's data is a client's conversation; it stays out of reprs.
         return f"Event({len(self.raw)} bytes)"
 
+    @classmethod
+    def parse(cls, raw: bytes) -> Event:
+        """The event these bytes (one event, its blank line included or not) hold."""
+        data: bytes | None = None
+        other: list[bytes] = []
+        # bytes.splitlines breaks at exactly SSE's line ends: LF, CRLF, CR.
+        for line in raw.splitlines():
+            if line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+            elif line == b"data":
+                value = b""
+            else:
+                if line:
+                    other.append(line)
+                continue
+            data = value if data is None else data + b"\n" + value
+        return cls(raw, data, other)
+
 
 def encode(other: list[bytes], data: bytes) -> bytes:
     """An event with the given other lines and a single data line."""
@@ -39,72 +59,52 @@ def encode(other: list[bytes], data: bytes) -> bytes:
 class SSEParser:
     """Splits a byte stream into events as the bytes arrive."""
 
-    __slots__ = ("_buf", "_data", "_other", "_scan")
+    __slots__ = ("_buf", "_lf_only", "_scan")
 
     def __init__(self) -> None:
         self._buf = b""  # bytes of the event in progress
-        self._scan = 0  # where in _buf the next line starts
-        self._data: list[bytes] | None = None
-        self._other: list[bytes] = []
+        self._scan = 0  # no event ends before this offset in _buf
+        # Until a CR shows up, events end at "\n\n" and bytes.find does.
+        self._lf_only = True
 
     def feed(self, chunk: bytes) -> list[Event]:
         """The events completed by `chunk`."""
-        return self._parse(self._buf + chunk if self._buf else chunk, final=False)
+        if self._lf_only and b"\r" in chunk:
+            self._lf_only = False
+        return self._split(self._buf + chunk if self._buf else chunk, final=False)
 
     def finish(self) -> list[Event]:
         """The stream ended: an unterminated last event, if any, ends here too."""
-        if not self._buf:
-            return []
-        events = self._parse(self._buf, final=True)
-        buf = self._buf
-        if buf:
-            if tail := buf[self._scan :]:
-                self._line(tail)
-            events.append(self._take(buf))
+        events = self._split(self._buf, final=True) if self._buf else []
+        if self._buf:
+            events.append(Event.parse(self._buf))
             self._buf = b""
             self._scan = 0
         return events
 
-    def _parse(self, buf: bytes, *, final: bool) -> list[Event]:
+    def _split(self, buf: bytes, *, final: bool) -> list[Event]:
         events: list[Event] = []
         start = 0
         pos = self._scan
-        size = len(buf)
-        search = _EOL.search
-        while (match := search(buf, pos)) is not None:
-            eol, nxt = match.span()
-            # A lone CR that ends the bytes so far may be the first half of CRLF.
-            if nxt == size and nxt - eol == 1 and buf[eol] == _CR and not final:
-                break
-            if eol == pos:
-                events.append(self._take(buf[start:nxt]))
-                start = nxt
-            else:
-                self._line(buf[pos:eol])
-            pos = nxt
-        self._buf = buf[start:]
-        self._scan = pos - start
-        return events
-
-    def _take(self, raw: bytes) -> Event:
-        data = self._data
-        event = Event(raw, b"\n".join(data) if data is not None else None, self._other)
-        self._data = None
-        self._other = []
-        return event
-
-    def _line(self, line: bytes) -> None:
-        if line.startswith(b"data"):
-            if len(line) == 4:
-                value = b""
-            elif line[4] == 0x3A:  # ':'
-                value = line[6:] if line[5:6] == b" " else line[5:]
-            else:
-                self._other.append(line)
-                return
-            if self._data is None:
-                self._data = [value]
-            else:
-                self._data.append(value)
+        if self._lf_only:
+            while (blank := buf.find(b"\n\n", pos)) >= 0:
+                end = blank + 2
+                if buf.find(b"\n", start) == blank and buf.startswith(b"data: ", start):
+                    # The usual event, one data line: no need to split lines.
+                    events.append(Event(buf[start:end], buf[start + 6 : blank], []))
+                else:
+                    events.append(Event.parse(buf[start:end]))
+                start = pos = end
         else:
-            self._other.append(line)
+            search = _EVENT_END.search
+            while (match := search(buf, pos)) is not None:
+                end = match.end()
+                # A CR that ends the bytes so far may be the first half of CRLF.
+                if end == len(buf) and buf[-1] == _CR and not final:
+                    break
+                events.append(Event.parse(buf[start:end]))
+                start = pos = end
+        self._buf = buf[start:]
+        # The end of an event is at most 4 bytes long: 3 of them may be here.
+        self._scan = max(0, len(self._buf) - 3)
+        return events

@@ -23,7 +23,6 @@ from gatewayd.errors import FilterError
 from gatewayd.guardrails.actions import Applier, CompiledFilter, Rules
 from gatewayd.guardrails.buffers import FilterClock, InlineBuffer, RemoteBuffer
 from gatewayd.guardrails.extract import (
-    ChunkText,
     add_chunk_text,
     chunk_location,
     chunk_texts,
@@ -34,6 +33,8 @@ from gatewayd.guardrails.sse import Event, SSEParser, encode
 from gatewayd.guardrails.types import ALLOW, Stage, Summary, Verdict
 
 _DONE = b"[DONE]"
+# "<" as JSON may also escape it (Go's encoding/json does).
+_ESCAPED_LT = (b"\\u003c", b"\\u003C")
 # Fields of the last chunk copied into a chunk made to carry held-back text.
 _CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint")
 
@@ -62,20 +63,22 @@ class _Stream:
 class _Item:
     """One piece of text to push through a stream, and where its output goes."""
 
-    __slots__ = ("choice", "final", "out", "piece", "stream", "text")
+    __slots__ = ("choice", "final", "holder", "out", "stream", "text")
 
     def __init__(
         self,
         stream: _Stream,
         text: str,
         final: bool,
-        piece: ChunkText | None,
+        holder: dict[str, Any] | None,
         choice: dict[str, Any] | None,
     ) -> None:
         self.stream = stream
         self.text = text
         self.final = final
-        self.piece = piece
+        # The dict the text came in (its key is the stream's), or None when
+        # held text is put into `choice` (or a new chunk, if that is None too).
+        self.holder = holder
         self.choice = choice
         self.out = ""
 
@@ -97,6 +100,7 @@ class StreamGuard:
     __slots__ = (
         "_applier",
         "_clocks",
+        "_holding",
         "_last",
         "_observed",
         "_parser",
@@ -104,6 +108,7 @@ class StreamGuard:
         "_policy",
         "_redactions",
         "_remote",
+        "_restore_only",
         "_shadow",
         "_stopped",
         "_streams",
@@ -126,6 +131,9 @@ class StreamGuard:
         self._clocks = [FilterClock(compiled) for compiled in filters]
         self._remote = any(compiled.remote is not None for compiled in filters)
         self._passthrough = not filters and self._redactions is None
+        self._restore_only = not filters and self._redactions is not None
+        # Restoring only: may a stream hold a partial placeholder?
+        self._holding = False
         # Findings can only be counted: the client gets the upstream's bytes
         # as they came while the filters read along.
         self._shadow = rules.monitor_only and self._redactions is None
@@ -161,6 +169,13 @@ class StreamGuard:
             return event.raw
         if data == _DONE:
             return _Work(event, None, self._flush())
+        if self._restore_only:
+            if not self._holding and not _may_hold_placeholder(data):
+                # Nothing to restore in it and nothing held: no need to parse it.
+                return event.raw
+            # It may leave a partial placeholder for the events after it in
+            # this feed; _push finds out once they have all been read.
+            self._holding = True
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -178,9 +193,9 @@ class StreamGuard:
             if not isinstance(index, int):
                 index = position
             final = choice.get("finish_reason") is not None
-            for piece in chunk_texts(choice):
-                stream = self._stream(index, piece.key, piece.tool)
-                items.append(_Item(stream, piece.text, final, piece, choice))
+            for holder, key, tool in chunk_texts(choice):
+                stream = self._stream(index, key, tool)
+                items.append(_Item(stream, holder[key], final, holder, choice))
             if final:
                 self._finish_choice(index, choice, items)
         if not items:
@@ -224,6 +239,11 @@ class StreamGuard:
                     item.out = self._advance(stream, text, protected, item.final, 0)[0]
                     if self._stopped:
                         return n
+        if self._restore_only:
+            self._holding = any(
+                stream.restorer is not None and stream.restorer.holding
+                for stream in self._streams.values()
+            )
         return len(works)
 
     async def _push_remote(self, works: list[bytes | _Work]) -> int:
@@ -324,10 +344,9 @@ class StreamGuard:
             return event.raw
         changed = False
         for item in items:
-            piece = item.piece
-            if piece is not None:
+            if item.holder is not None:
                 if item.out != item.text:
-                    piece.holder[piece.key] = item.out
+                    item.holder[item.stream.key] = item.out
                     changed = True
             elif item.out and item.choice is not None:
                 stream = item.stream
@@ -375,3 +394,8 @@ class StreamGuard:
             self._observed = True
             for clock in self._clocks:
                 clock.compiled.timer.observe(clock.total)
+
+
+def _may_hold_placeholder(data: bytes) -> bool:
+    """Could this event's JSON carry (the start of) a placeholder?"""
+    return b"<" in data or (b"\\u003" in data and any(lt in data for lt in _ESCAPED_LT))

@@ -166,9 +166,10 @@ def test_chunk_texts_of_delta_content_text_and_tool_calls() -> None:
             ],
         },
     }
-    found = [(p.key, p.tool, p.text) for p in chunk_texts(choice)]
+    found = [(key, tool, holder[key]) for holder, key, tool in chunk_texts(choice)]
     assert found == [(CONTENT, MESSAGE, "he"), (ARGUMENTS, 2, '{"a')]
-    assert [(p.key, p.text) for p in chunk_texts({"index": 0, "text": "x"})] == [(TEXT, "x")]
+    [(holder, key, tool)] = chunk_texts({"index": 0, "text": "x"})
+    assert (holder[key], key, tool) == ("x", TEXT, MESSAGE)
     assert chunk_texts({"index": 0, "delta": {"role": "assistant"}}) == []
 
 
