@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
-from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -26,37 +25,39 @@ HOP_BY_HOP = frozenset(
 # Not hop-by-hop, but the gateway sets them itself: Host from the upstream
 # URL, Authorization from the upstream's key (the client's is never sent on),
 # Content-Length from the body it actually forwards.
-_REQUEST_OWNED = frozenset({"host", "authorization", "content-length", "expect"})
-_RESPONSE_OWNED = frozenset({"content-length", "server", "date"})
+_REQUEST_DROP = tuple(HOP_BY_HOP | {"host", "authorization", "content-length", "expect"})
+_RESPONSE_DROP = tuple(HOP_BY_HOP | {"content-length", "server", "date"})
 
 REQUEST_ID = "X-Request-Id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
-
-
 def _filter(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], owned: Iterable[str]
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], owned: tuple[str, ...]
 ) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _connection_tokens(headers) | frozenset(owned)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    # Copying whole and deleting the few present is several times faster
+    # than rebuilding from a filtered generator.
+    out = CIMultiDict(headers)
+    if "Connection" in out:
+        for value in out.getall("Connection"):
+            for token in value.split(","):
+                out.popall(token.strip(), None)
+    for name in owned:
+        if name in out:
+            del out[name]
+    return out
 
 
 def upstream_request_headers(headers: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
     """The client's headers as they may go upstream, with our request id."""
-    out = _filter(headers, _REQUEST_OWNED)
+    out = _filter(headers, _REQUEST_DROP)
     out[REQUEST_ID] = request_id
     return out
 
 
 def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers as they may go back to the client."""
-    return _filter(headers, _RESPONSE_OWNED)
+    return _filter(headers, _RESPONSE_DROP)
 
 
 def request_id_from(headers: CIMultiDictProxy[str]) -> str:
@@ -64,4 +65,5 @@ def request_id_from(headers: CIMultiDictProxy[str]) -> str:
     given = headers.get(REQUEST_ID)
     if given is not None and _SANE_REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    # Unique, not secret: no need to pay a getrandom() syscall per request.
+    return f"{random.getrandbits(128):032x}"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -18,33 +20,75 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gatewayd.audit.writer import AuditWriter
 from gatewayd.config.schema import Mode, ServerConfig
 from gatewayd.errors import (
     BadRequest,
     GuardrailUnavailable,
     GuardrailViolation,
+    HTTPError,
     NotFound,
     RequestTimeout,
     RequestTooLarge,
 )
-from gatewayd.exchange import CLIENT_CLOSED, Exchange
+from gatewayd.exchange import CLIENT_CLOSED, Exchange, error_response, record
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Verdict
-from gatewayd.headers import REQUEST_ID, client_response_headers, upstream_request_headers
+from gatewayd.headers import (
+    REQUEST_ID,
+    client_response_headers,
+    request_id_from,
+    upstream_request_headers,
+)
 from gatewayd.routing import normalize_path
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import Runtime, RuntimeHolder
 
-EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange", Exchange)
+log = logging.getLogger(__name__)
+
 SUMMARY_HEADER = "X-Gatewayd-Guardrail"
 
 # Answers up to this size are read whole and sent in one write; larger or
 # unsized ones are relayed chunk by chunk.
 _BUFFER_LIMIT = 1024 * 1024
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-async def handle(request: web.Request, runtime: Runtime) -> web.StreamResponse:
-    """Proxy one request on the given config generation."""
-    ex = request[EXCHANGE]
+
+def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
+    """The catch-all handler, bound to the live runtime and the audit writer."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        """One proxied request, start to end: every way it can end is accounted."""
+        runtime = holder.current
+        ex = Exchange(request_id_from(request.headers), request.method, request.path)
+        try:
+            with runtime.serving():
+                response = await _proxy(request, runtime, ex)
+        except HTTPError as exc:
+            ex.error = exc.code
+            response = error_response(exc, ex.request_id)
+            if exc.status in (408, 413):
+                # The rest of the body may still be coming: don't read it to
+                # keep the connection.
+                response.force_close()
+        except (asyncio.CancelledError, ConnectionResetError):
+            ex.status, ex.error = CLIENT_CLOSED, "client_closed"
+            record(ex, request, runtime.config.server, audit)
+            raise
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": ex.request_id}})
+            err = HTTPError("the gateway failed to handle the request")
+            ex.error = err.code
+            response = error_response(err, ex.request_id)
+        ex.status = response.status
+        record(ex, request, runtime.config.server, audit)
+        return response
+
+    return handle
+
+
+async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
+    """Route, guard, forward and relay one request on one config generation."""
     path, _, query = request.raw_path.partition("?")
     match = runtime.routes.match(normalize_path(path))
     if match is None:
@@ -69,7 +113,6 @@ async def handle(request: web.Request, runtime: Runtime) -> web.StreamResponse:
         ex.policy = guard.policy.name
         checked = await guard.inspect_request(body, doc)
         ex.summary = checked.summary
-        ex.unchecked = bool(checked.summary.unchecked)
         _enforce(checked.verdict, guard, "request")
         body = checked.body
 

@@ -63,6 +63,11 @@ class AuditWriter:
         self._drops_unlogged = 0
         self._drop_logged_at = -math.inf
 
+    @property
+    def enabled(self) -> bool:
+        """False with sink off: callers need not even build the event."""
+        return self._enabled
+
     async def start(self) -> None:
         """Open the file and start the flush task; raises OSError when the file cannot be opened."""
         if not self._enabled:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gatewayd import __version__
 from gatewayd.audit.writer import AuditWriter
+from gatewayd.headers import REQUEST_ID, request_id_from
 from gatewayd.runtime import Runtime, RuntimeHolder
 
 RESERVED = frozenset({"/health", "/health/ready", "/health/detailed", "/metrics"})
@@ -45,13 +46,18 @@ class HealthSources:
 HEALTH = web.AppKey("health", HealthSources)
 
 
-def _json(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+def _json(request: web.Request, payload: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(payload),
+        status=status,
+        content_type="application/json",
+        headers={REQUEST_ID: request_id_from(request.headers)},
+    )
 
 
 async def live(request: web.Request) -> web.Response:
     """The process is up and its loop turns."""
-    return _json({"status": "ok"})
+    return _json(request, {"status": "ok"})
 
 
 async def _probe_filters(runtime: Runtime) -> dict[str, dict[str, Any]]:
@@ -93,8 +99,8 @@ async def ready(request: web.Request) -> web.Response:
             if name in blocking and not state.get("healthy", False):
                 reasons.append(f"filter {name} unreachable")
     if reasons:
-        return _json({"status": "unavailable", "reasons": reasons}, status=503)
-    return _json({"status": "ready"})
+        return _json(request, {"status": "unavailable", "reasons": reasons}, status=503)
+    return _json(request, {"status": "ready"})
 
 
 async def detailed(request: web.Request) -> web.Response:
@@ -102,6 +108,7 @@ async def detailed(request: web.Request) -> web.Response:
     sources = request.app[HEALTH]
     runtime = sources.holder.current
     return _json(
+        request,
         {
             "status": "draining" if sources.draining else "ok",
             "version": __version__,
@@ -114,5 +121,5 @@ async def detailed(request: web.Request) -> web.Response:
             "upstreams": {name: u.status() for name, u in runtime.upstreams.items()},
             "filters": await _probe_filters(runtime),
             "audit": sources.audit.status(),
-        }
+        },
     )

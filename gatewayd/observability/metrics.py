@@ -7,7 +7,11 @@ becomes a label.
 
 from __future__ import annotations
 
+import functools
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from gatewayd import __version__
 
@@ -147,6 +151,16 @@ BUILD_INFO = Gauge(
     registry=REGISTRY,
 )
 BUILD_INFO.labels(version=__version__).set(1)
+
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+@functools.lru_cache(maxsize=8192)
+def child(metric: _M, *labels: str) -> _M:
+    """`metric.labels(*labels)`, remembered: label sets on the request path
+    repeat, and labels() validates and locks on every call."""
+    return metric.labels(*labels)
 
 
 def exposition() -> bytes:
