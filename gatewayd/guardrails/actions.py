@@ -27,14 +27,16 @@ _MODE_ACTION = {Mode.MONITOR: Action.MONITOR, Mode.REDACT: Action.REDACT, Mode.B
 
 # Label values are config names and fixed words, so this stays small; a
 # resolved child skips prometheus_client's label lookup on every finding.
-_FINDINGS: dict[tuple[str, str, str, str], Counter] = {}
+_FINDINGS: dict[tuple[str, str, Stage, Action], Counter] = {}
 
 
 def _count_finding(filter_name: str, entity: str, stage: Stage, action: Action) -> None:
-    key = (filter_name, entity, stage.value, action.value)
+    key = (filter_name, entity, stage, action)
     child = _FINDINGS.get(key)
     if child is None:
-        child = _FINDINGS[key] = GUARDRAIL_FINDINGS.labels(*key)
+        child = _FINDINGS[key] = GUARDRAIL_FINDINGS.labels(
+            filter_name, entity, stage.value, action.value
+        )
     child.inc()
 
 

@@ -152,7 +152,9 @@ class Guard:
         self, raw: bytes, doc: dict[str, Any], request: RequestResult
     ) -> ResponseResult:
         """Restore placeholders in a whole parsed answer, then run the output filters."""
-        slots = response_texts(doc) if self.needs_output else None
+        if not self._output and not (self._restore and request.redactions):
+            return ResponseResult(ALLOW, raw)
+        slots = response_texts(doc)
         if not slots:
             return ResponseResult(ALLOW, raw)
         texts = _Texts(slots)
