@@ -20,8 +20,10 @@ from gatewayd.guardrails.placeholders import Range
 from gatewayd.guardrails.types import InlineFilter, RemoteFilter
 
 # Released text kept in front of the next scan, so a word boundary or a
-# look-behind at the start of the held text sees what preceded it.
-CONTEXT = 16
+# look-behind at the start of the held text sees what preceded it. The
+# built-in filters look back at most 40 characters (the words that make nine
+# bare digits a US SSN); each push rescans this much, so it stays small.
+CONTEXT = 48
 SEGMENT = 200
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 

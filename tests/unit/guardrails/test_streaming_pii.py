@@ -22,6 +22,11 @@ ANSWERS = {
         "Card <CREDIT_CARD_1>, IBAN <IBAN_CODE_1>, host <IP_ADDRESS_1>."
     ),
     "SSN 123-45-6789 then 10.0.0.1": "SSN <US_SSN_1> then <IP_ADDRESS_1>",
+    # Both depend on words well before the number: the stream must still see them.
+    "My social security number is 078051120, thanks": (
+        "My social security number is <US_SSN_1>, thanks"
+    ),
+    "Running the release version 10.1.2.3 now": "Running the release version 10.1.2.3 now",
 }
 
 
