@@ -2,7 +2,7 @@
 
 An inline filter's buffer releases everything but the characters that could
 still become part of a match: the filter's `holdback`, and any span that
-reaches into them or to the end of what has arrived. Spans in released text
+reaches into them or ends too close to the end of what has arrived. Spans in released text
 are final, so they are acted on (counted, redacted, blocked) exactly once.
 
 A remote filter's buffer gathers text into segments (up to a sentence end, a
@@ -17,13 +17,16 @@ from collections.abc import Sequence
 
 from gatewayd.guardrails.actions import Applier, CompiledFilter, Located
 from gatewayd.guardrails.placeholders import Range
-from gatewayd.guardrails.types import InlineFilter, RemoteFilter
+from gatewayd.guardrails.types import InlineFilter, RemoteFilter, Span
 
 # Released text kept in front of the next scan, so a word boundary or a
 # look-behind at the start of the held text sees what preceded it. The
 # built-in filters look back at most 40 characters (the words that make nine
 # bare digits a US SSN); each push rescans this much, so it stays small.
 CONTEXT = 48
+# A match is final only once this many characters follow it: patterns end
+# in look-aheads such as "not followed by a comma and a digit".
+LOOKAHEAD = 2
 SEGMENT = 200
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 
@@ -71,18 +74,24 @@ class InlineBuffer:
         if not final:
             limit = max(n, limit - self._filter.holdback(scanned))
         self.clock.total += time.perf_counter() - start
-        # Spans are sorted and disjoint: those found in the context were
-        # decided when it was released, then come the ones released now.
+        # Spans are sorted and disjoint: those inside the context were decided
+        # when it was released, then come the ones released now.
         lo = 0
-        while lo < len(spans) and spans[lo].start < n:
+        while lo < len(spans) and spans[lo].end <= n:
             lo += 1
+        if lo < len(spans) and spans[lo].start < n:
+            # A match the released text turned out to begin: too late for its
+            # released part, not for the rest.
+            first = spans[lo]
+            spans = [Span(first.entity, n, first.end, first.score), *spans[lo + 1 :]]
+            lo = 0
         hi = lo
         while hi < len(spans):
             span = spans[hi]
             if span.start >= limit:
                 break
-            if not final and (span.end > limit or span.end == len(scanned)):
-                # It may still grow: hold it whole.
+            if not final and (span.end > limit or span.end > len(scanned) - LOOKAHEAD):
+                # It may still grow, or a look-ahead may still undo it: hold it whole.
                 limit = span.start
                 break
             hi += 1

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gatewayd.config.schema import Action, Mode, PolicyConfig
+from gatewayd.guardrails.buffers import LOOKAHEAD
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.streaming import StreamGuard
 from gatewayd.guardrails.types import Filter, Stage, Verdict
@@ -109,7 +110,11 @@ async def test_pii_value_split_at_every_position_is_redacted() -> None:
             guard.stream(request), [sse(chat_chunk(prefix)), sse(chat_chunk(answer[cut:])), END]
         )
         assert streamed_text(b"".join(out)) == _redact_emails(answer), cut
-        assert streamed_text(out[0]) == _redact_emails(prefix[: len(prefix) - held]), cut
+        released = prefix[: len(prefix) - held]
+        complete = re.search(EMAIL, released)
+        if complete and complete.end() > len(prefix) - LOOKAHEAD:
+            released = prefix[: complete.start()]  # a look-ahead could still undo it
+        assert streamed_text(out[0]) == _redact_emails(released), cut
         assert b"bob.smith" not in b"".join(out), cut
 
 
