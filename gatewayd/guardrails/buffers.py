@@ -62,45 +62,54 @@ class InlineBuffer:
         where: Located,
     ) -> tuple[str, Sequence[Range]]:
         """Take new text; return the text released now (after actions) and its protected ranges."""
-        text, protected = _join(self._held, self._protected, text, protected)
+        if self._held:
+            text, protected = _join(self._held, self._protected, text, protected)
         if not text:
             return text, protected
         context = self._context
         n = len(context)
-        scanned = context + text if n else text
+        scanned = context + text
+        size = len(scanned)
+        inline = self._filter
         start = time.perf_counter()
-        spans = self._filter.scan(scanned)
-        limit = len(scanned)
-        if not final:
-            limit = max(n, limit - self._filter.holdback(scanned))
+        spans = inline.scan(scanned)
+        limit = size if final else max(n, size - inline.holdback(scanned))
         self.clock.total += time.perf_counter() - start
-        # Spans are sorted and disjoint: those inside the context were decided
-        # when it was released, then come the ones released now.
-        lo = 0
-        while lo < len(spans) and spans[lo].end <= n:
-            lo += 1
-        if lo < len(spans) and spans[lo].start < n:
-            # A match the released text turned out to begin: too late for its
-            # released part, not for the rest.
-            first = spans[lo]
-            spans = [Span(first.entity, n, first.end, first.score), *spans[lo + 1 :]]
-            lo = 0
-        hi = lo
-        while hi < len(spans):
-            span = spans[hi]
-            if span.start >= limit:
-                break
-            if not final and (span.end > limit or span.end > len(scanned) - LOOKAHEAD):
-                # It may still grow, or a look-ahead may still undo it: hold it whole.
-                limit = span.start
-                break
-            hi += 1
+        lo = hi = 0
+        if spans:
+            # Spans are sorted and disjoint: those inside the context were
+            # decided when it was released, then come the ones released now.
+            count = len(spans)
+            while lo < count and spans[lo].end <= n:
+                lo += 1
+            if lo < count and spans[lo].start < n:
+                # A match the released text turned out to begin: too late for
+                # its released part, not for the rest.
+                first = spans[lo]
+                spans = [Span(first.entity, n, first.end, first.score), *spans[lo + 1 :]]
+                count = len(spans)
+                lo = 0
+            hi = lo
+            settled = size if final else size - LOOKAHEAD
+            while hi < count:
+                span = spans[hi]
+                if span.start >= limit:
+                    break
+                if span.end > limit or span.end > settled:
+                    # It may still grow, or a look-ahead may still undo it: hold it whole.
+                    limit = span.start
+                    break
+                hi += 1
         cut = limit - n
         released = text[:cut]
         self._held = text[cut:]
-        head, self._protected = _split(protected, cut)
+        head: Sequence[Range] = ()
+        if protected:
+            head, self._protected = _split(protected, cut)
+        else:
+            self._protected = ()
         if cut:
-            self._context = (context + released)[-CONTEXT:]
+            self._context = scanned[max(0, limit - CONTEXT) : limit]
         if lo == hi:
             return released, head
         return applier.apply(self.clock.compiled.name, released, spans[lo:hi], head, where, n)
