@@ -44,7 +44,9 @@ class Located(Protocol):
     """Something that can name the field its text came from."""
 
     @property
-    def location(self) -> str: ...
+    def location(self) -> str:
+        """The field, as `messages[1].content`."""
+        ...
 
 
 class Rules:

@@ -35,6 +35,7 @@ class TextSlot:
 
     @property
     def text(self) -> str:
+        """The text as the document holds it now."""
         text: str = self.parent[self.key]
         return text
 

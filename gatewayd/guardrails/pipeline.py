@@ -66,11 +66,13 @@ class _Texts:
         self.protected: list[Sequence[Range]] = [()] * len(slots)
 
     def restore(self, redactions: Redactions) -> None:
+        """Turn the request's placeholders back into values; protect what was restored."""
         texts = self.texts
         for i, text in enumerate(texts):
             texts[i], self.protected[i] = redactions.restore_ranges(text)
 
     def inline(self, compiled: CompiledFilter, inline: InlineFilter, applier: Applier) -> None:
+        """Scan every text with an inline filter and act on what it finds."""
         start = time.perf_counter()
         scan = inline.scan
         texts, protected, slots = self.texts, self.protected, self.slots
@@ -82,6 +84,7 @@ class _Texts:
         compiled.timer.observe(time.perf_counter() - start)
 
     def apply(self, name: str, found: Sequence[Sequence[Span]], applier: Applier) -> None:
+        """Act on a remote filter's spans, one list per text."""
         texts, protected, slots = self.texts, self.protected, self.slots
         for i, spans in enumerate(found):
             if spans:

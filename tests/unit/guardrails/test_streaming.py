@@ -242,6 +242,7 @@ async def test_tool_call_arguments_are_separate_streams() -> None:
     request = await _request(guard, "mail a@x.io and call 555-1234")
 
     def call(index: int, arguments: str, **extra: Any) -> dict[str, Any]:
+        """A chunk carrying one piece of one tool call's arguments."""
         return chat_chunk(
             tool_calls=[{"index": index, "function": {"arguments": arguments}, **extra}]
         )
@@ -272,6 +273,7 @@ async def test_legacy_completions_text_and_several_choices() -> None:
     request = await _request(guard, "a@x.io")
 
     def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        """A legacy completions chunk for one choice."""
         return {
             "object": "text_completion",
             "choices": [{"index": index, "text": text, "finish_reason": finish}],
