@@ -303,7 +303,11 @@ async def _relay_stream(
                 await out.write(data)
                 ex.bytes_out += len(data)
             if stream_guard is not None and not stream_guard.verdict.allowed:
-                ex.error = GuardrailViolation.code
+                ex.error = (
+                    GuardrailUnavailable.code
+                    if stream_guard.verdict.unavailable
+                    else GuardrailViolation.code
+                )
                 break
         if stream_guard is not None and (tail := await stream_guard.finish()):
             await out.write(tail)
