@@ -145,7 +145,7 @@ def record(ex: Exchange, request: web.Request, server: ServerConfig, audit: Audi
             stream=ex.stream,
             status=ex.status,
             duration_ms=duration_ms,
-            upstream_ms=ex.upstream_ms,
+            upstream_ms=round(ex.upstream_ms, 3) if ex.upstream_ms is not None else None,
             attempts=ex.attempts,
             bytes_in=ex.bytes_in,
             bytes_out=ex.bytes_out,

@@ -14,14 +14,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class AuditEvent:
+    # Field order is column order: the JSONL keys and the table follow it.
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    ts: float = field(default_factory=time.time)
     request_id: str
     client: str
     method: str
     path: str
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    ts: float = field(default_factory=time.time)
     route: str | None = None
     upstream: str | None = None
     model: str | None = None
