@@ -1,0 +1,58 @@
+"""Helpers every built-in filter shares: overlap resolution and tail holdback."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from itertools import pairwise
+
+from gatewayd.guardrails.types import Span
+
+
+def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
+    """Order spans by start and drop overlaps: the longer span wins, then the higher rank."""
+    if len(candidates) < 2:
+        return candidates
+    ordered = sorted(candidates, key=lambda s: s.start)
+    if all(a.end <= b.start for a, b in pairwise(ordered)):
+        return ordered
+    by_strength = sorted(
+        candidates, key=lambda s: (s.start - s.end, -rank.get(s.entity, 0), s.start)
+    )
+    kept: list[Span] = []
+    for span in by_strength:
+        if all(span.end <= k.start or span.start >= k.end for k in kept):
+            kept.append(span)
+    kept.sort(key=lambda s: s.start)
+    return kept
+
+
+def tail_holdback(tail: re.Pattern[str], text: str, window: int, spaced: int | None = None) -> int:
+    """Length of the longest suffix of `text` that `tail` (anchored at the end) matches.
+
+    No match of `tail` is longer than `window`, so the search starts that far
+    from the end (look-behinds still see what precedes). When `spaced` is
+    given, only matches at most that long may contain a space or newline, so
+    the search starts at the last one of those if that is closer to the end.
+    """
+    size = len(text)
+    start = size - window
+    if spaced is not None and size - spaced > start:
+        space = max(text.rfind(" "), text.rfind("\n"))
+        start = max(start, min(space + 1, size - spaced))
+    match = tail.search(text, max(start, 0))
+    return size - match.start() if match else 0
+
+
+def fold_case(text: str) -> str:
+    """`text` lower-cased, character for character, so offsets stay valid.
+
+    Case-insensitive filters match lower-case patterns against this instead
+    of using IGNORECASE, which keeps the regex engine from skipping ahead on
+    first characters and so is several times slower. The rare character whose
+    lower case is longer (Turkish dotted I) is left as it is.
+    """
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(low if len(low := ch.lower()) == 1 else ch for ch in text)

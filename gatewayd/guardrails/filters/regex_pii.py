@@ -1,0 +1,300 @@
+"""The pii filter: emails, phone numbers, cards, US SSNs, IBANs and IP addresses.
+
+Each entity is one regex that finds candidates plus a check run only on them
+(Luhn, mod-97, SSA rules, octet ranges). Scanning is driven by cheap anchors
+so a 1 KB text costs a few microseconds: emails are looked for around each
+'@'; numbers only inside "clusters" (runs of digits and separators) long
+enough to hold one; IPv6 only when the text has "::" or seven colons.
+
+Holdback works from one "tail" regex: the alternatives below match, at the
+end of the text, anything that is or could grow into a match. Every match
+has a bounded length, so the tail is searched only over the last
+`_TAIL_WINDOW` characters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gatewayd.config.schema import OnError, PiiFilterConfig
+from gatewayd.guardrails.filters import _validators as v
+from gatewayd.guardrails.filters._spans import resolve, tail_holdback
+from gatewayd.guardrails.types import Span
+
+_A = re.ASCII
+
+# Emails are found from their '@': the local part backwards, the domain forwards.
+_NOT_LOCAL = re.compile(r"[^A-Za-z0-9._%+-]")
+_DOMAIN = re.compile(r"(?:[A-Za-z0-9-]{1,63}\.){1,6}[A-Za-z]{2,24}(?![A-Za-z0-9-])", _A)
+
+# Where numeric findings can be: a run of digits and the separators numbers
+# are written with, long enough for a phone number or an IPv4 address (every
+# such finding lies inside one), or an IBAN's country code and check digits.
+# One character set first (plain ranges, not \d) lets sre skip ahead fast.
+_ANCHOR = re.compile(r"[0-9(+A-Z](?:(?<=[A-Z])[A-Z][0-9]{2}|(?<![A-Z])[0-9 .()+-]{6,})")
+_SEPARATORS = str.maketrans("", "", " .()+-")
+
+PHONE = re.compile(
+    r"(?<![\w+])(?:"
+    # E.164, compact (+14155552671) or grouped (+44 20 7946 0958, +1 (415) 555-2671)
+    r"(?P<intl>\+[1-9](?:\d{6,14}|\d{0,2}"
+    r"(?:[ .-](?:\(\d{1,4}\) ?\d{0,4}|\d{1,4})){1,2}(?:[ .-]\d{2,5}){1,4}))"
+    # North American: (415) 555-2671, 415-555-2671, 415.555.2671, 1-800-555-0199
+    r"|(?P<nanp>(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})"
+    # national with a trunk 0: 020 7946 0958, 07700 900123, 030 12345678
+    r"|(?P<trunk>0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4})"
+    r")(?![\w]|[.-]\d)",
+    _A,
+)
+CARD = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w]|[.,-]\d)", _A)
+SSN = re.compile(
+    r"(?<![\w-])(?P<area>\d{3})(?P<sep>[- ]?)(?P<group>\d{2})(?P=sep)(?P<serial>\d{4})"
+    r"(?![\w]|-\d)",
+    _A,
+)
+IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)", _A)
+IBAN = re.compile(
+    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}"
+    r"(?:(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?|[A-Z0-9]{11,30})(?![A-Za-z0-9])",
+    _A,
+)
+_NOT_IPV6 = re.compile(r"[^0-9A-Fa-f:.]")
+IPV6 = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+    r"(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?(?![\w:]|\.\d)",
+    _A,
+)
+
+# Words that make a bare nine-digit number (or one with spaces) an SSN.
+_SSN_CONTEXT = re.compile(
+    r"(?i)\b(?:ssn|ss\s?#|social\s+security(?:\s+(?:number|no))?)\b[^\n\d]{0,20}\Z"
+)
+_SSN_CONTEXT_WINDOW = 40
+# A dotted quad right after these words is a version number.
+_VERSION_CONTEXT = re.compile(r"(?i)(?:\bversion|\bver\.?|\brelease|\bbuild)\s*\Z")
+_VERSION_CONTEXT_WINDOW = 12
+
+_TAIL = re.compile(
+    r"(?:"
+    # an email's local part, or a local part and an unfinished domain
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}(?:@[A-Za-z0-9.-]{0,408})?"
+    # phones, cards, SSNs, IPv4: a run of digits and their separators
+    r"|[\d(+][\d .()+-]{0,59}"
+    r"|(?<![A-Za-z0-9])[A-Z](?:[A-Z](?:\d(?:\d(?: ?[A-Z0-9]){0,30} ?)?)?)?"
+    r"|(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){0,8}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{0,3}){0,3})?"
+    r")\Z",
+    _A,
+)
+# The longest match of any alternative above: an email, 64 + 1 + 408; the
+# longest that may hold a space: the digit run, which covers the longest
+# grouped phone number the regex takes (52) and card (37).
+_TAIL_WINDOW = 473
+_TAIL_SPACED = 60
+# Custom patterns are opaque: hold back the trailing run without whitespace.
+_CUSTOM_TAIL = re.compile(r"\S{1,256}\Z")
+_CUSTOM_WINDOW = 256
+
+Accept = Callable[[str, re.Match[str]], int | None]
+"""Checks a candidate; returns the end of the finding (it may trim), or None."""
+
+
+def _accept_phone(text: str, m: re.Match[str]) -> int | None:
+    digits = m.group().translate(_SEPARATORS)
+    if m.group("intl"):
+        ok = 8 <= len(digits) <= 15
+    elif m.group("nanp"):
+        ok = v.nanp_ok(digits[-10:])
+    else:
+        ok = 10 <= len(digits) <= 11
+    return m.end() if ok else None
+
+
+def _accept_card(text: str, m: re.Match[str]) -> int | None:
+    return m.end() if v.card_ok(m.group()) else None
+
+
+def _accept_ssn(text: str, m: re.Match[str]) -> int | None:
+    if not v.ssn_ok(m.group("area"), m.group("group"), m.group("serial")):
+        return None
+    if m.group("sep") == "-":
+        return m.end()
+    # Nine bare digits are too often something else: ask for words that say SSN.
+    start = m.start()
+    context = text[max(0, start - _SSN_CONTEXT_WINDOW) : start]
+    return m.end() if _SSN_CONTEXT.search(context) else None
+
+
+def _accept_ipv4(text: str, m: re.Match[str]) -> int | None:
+    if not v.ipv4_ok(m.group()):
+        return None
+    start = m.start()
+    context = text[max(0, start - _VERSION_CONTEXT_WINDOW) : start]
+    return None if _VERSION_CONTEXT.search(context) else m.end()
+
+
+def _accept_iban(text: str, m: re.Match[str]) -> int | None:
+    candidate = m.group()
+    length = v.iban_length(candidate[:2])
+    if length is None:
+        return None
+    if " " not in candidate:
+        return m.end() if v.iban_ok(candidate) else None
+    # Grouped: trailing groups may belong to the next words ("... 7034 PAID").
+    count, end = 0, m.start() - 1
+    for group in candidate.split(" "):
+        count += len(group)
+        end += len(group) + 1
+        if count >= length:
+            break
+    compact = text[m.start() : end].replace(" ", "")
+    return end if count == length and v.iban_ok(compact) else None
+
+
+def _accept_ipv6(text: str, m: re.Match[str]) -> int | None:
+    return m.end() if v.ipv6_ok(m.group()) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Numeric:
+    """A numeric entity, tried inside clusters with at least `digits` digits."""
+
+    entity: str
+    pattern: re.Pattern[str]
+    accept: Accept
+    digits: int
+    dots: int = 0
+
+
+_NUMERIC = (
+    _Numeric("CREDIT_CARD", CARD, _accept_card, 13),
+    _Numeric("US_SSN", SSN, _accept_ssn, 9),
+    _Numeric("PHONE_NUMBER", PHONE, _accept_phone, 8),
+    _Numeric("IP_ADDRESS", IPV4, _accept_ipv4, 4, dots=3),
+)
+ENTITIES = frozenset(
+    {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS"}
+)
+# Which finding wins when two of the same length overlap: the more specific.
+_RANK = {
+    "CREDIT_CARD": 6,
+    "IBAN_CODE": 6,
+    "US_SSN": 5,
+    "EMAIL_ADDRESS": 5,
+    "IP_ADDRESS": 4,
+    "PHONE_NUMBER": 3,
+}
+
+
+def _find(
+    entity: str,
+    pattern: re.Pattern[str],
+    accept: Accept,
+    text: str,
+    out: list[Span],
+    pos: int = 0,
+    endpos: int | None = None,
+) -> None:
+    """Append the accepted matches of `pattern` in text[pos:endpos]."""
+    endpos = len(text) if endpos is None else endpos
+    while m := pattern.search(text, pos, endpos):
+        end = accept(text, m)
+        if end is None:
+            # A rejected candidate may hide a valid one starting inside it.
+            pos = m.start() + 1
+        else:
+            out.append(Span(entity, m.start(), end))
+            pos = end
+
+
+def _run_start(text: str, end: int, outside: re.Pattern[str], longest: int) -> int:
+    """Where the run of characters not matching `outside` that ends at `end` starts,
+    or -1 when it is longer than `longest`."""
+    behind = text[max(0, end - longest - 1) : end][::-1]
+    stop = outside.search(behind)
+    run = stop.start() if stop else len(behind)
+    return end - run if run <= longest else -1
+
+
+def _find_emails(text: str, out: list[Span]) -> None:
+    at = text.find("@")
+    while at > 0:
+        start = _run_start(text, at, _NOT_LOCAL, 64)
+        domain = _DOMAIN.match(text, at + 1) if 0 <= start < at else None
+        if domain:
+            out.append(Span("EMAIL_ADDRESS", start, domain.end()))
+            at = domain.end()
+        at = text.find("@", at + 1)
+
+
+def _find_ipv6(text: str, out: list[Span]) -> None:
+    if text.count(":") >= 7:
+        # Perhaps a full eight-group address: no "::" to start from.
+        _find("IP_ADDRESS", IPV6, _accept_ipv6, text, out)
+        return
+    # Every other address has a "::"; its start is at most 39 characters back.
+    pos = text.find("::")
+    while pos >= 0:
+        start = _run_start(text, pos, _NOT_IPV6, 39)
+        m = IPV6.match(text, start) if start >= 0 else None
+        if m and m.end() > pos and _accept_ipv6(text, m) is not None:
+            out.append(Span("IP_ADDRESS", m.start(), m.end()))
+            pos = m.end()
+        pos = text.find("::", pos + 2)
+
+
+class PiiFilter:
+    """Finds personal data with regexes and checksums; no service, no I/O."""
+
+    def __init__(self, config: PiiFilterConfig) -> None:
+        self.name = config.name
+        self.on_error: OnError | None = config.on_error
+        unknown = set(config.entities) - ENTITIES
+        if unknown:
+            raise ValueError(f"unknown pii entities: {', '.join(sorted(unknown))}")
+        wanted = frozenset(config.entities) or ENTITIES
+        self._emails = "EMAIL_ADDRESS" in wanted
+        self._ibans = "IBAN_CODE" in wanted
+        self._ipv6 = "IP_ADDRESS" in wanted
+        self._numeric = tuple(n for n in _NUMERIC if n.entity in wanted)
+        self._custom = tuple((c.entity, re.compile(c.pattern)) for c in config.custom)
+
+    def scan(self, text: str) -> list[Span]:
+        """Every finding in `text`, ordered by start, overlaps resolved."""
+        found: list[Span] = []
+        if self._emails and "@" in text:
+            _find_emails(text, found)
+        if self._numeric or self._ibans:
+            self._scan_anchors(text, found)
+        if self._ipv6 and ("::" in text or text.count(":") >= 7):
+            _find_ipv6(text, found)
+        for entity, pattern in self._custom:
+            for m in pattern.finditer(text):
+                if m.end() > m.start():
+                    found.append(Span(entity, m.start(), m.end()))
+        return resolve(found, _RANK)
+
+    def _scan_anchors(self, text: str, found: list[Span]) -> None:
+        limit = len(text)
+        for anchor in _ANCHOR.finditer(text):
+            chunk = anchor.group()
+            start, end = anchor.span()
+            if chunk[0].isupper():
+                iban = IBAN.match(text, start) if self._ibans else None
+                if iban and (stop := _accept_iban(text, iban)) is not None:
+                    found.append(Span("IBAN_CODE", start, stop))
+                continue
+            digits = len(chunk.translate(_SEPARATORS))
+            # Two characters past the cluster keep the look-aheads honest.
+            stop = min(limit, end + 2)
+            for n in self._numeric:
+                if digits >= n.digits and (not n.dots or chunk.count(".") >= n.dots):
+                    _find(n.entity, n.pattern, n.accept, text, found, start, stop)
+
+    def holdback(self, text: str) -> int:
+        """The trailing characters that are, or could still grow into, a finding."""
+        held = tail_holdback(_TAIL, text, _TAIL_WINDOW, _TAIL_SPACED)
+        if self._custom:
+            held = max(held, tail_holdback(_CUSTOM_TAIL, text, _CUSTOM_WINDOW))
+        return held
