@@ -1,0 +1,290 @@
+"""The secrets filter: API keys, tokens, private keys and assigned passwords.
+
+Most secrets start with a fixed marker ("AKIA", "ghp_", "sk-", "eyJ"...): a
+substring test on the marker decides whether the entity's regex runs at all,
+so a text without any marker costs a few substring searches. Passwords are
+found from an assignment (`password = "..."`, `passwd: ...`, `api_key=...`)
+and the finding covers the value only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gatewayd.config.schema import OnError, SecretsFilterConfig
+from gatewayd.guardrails.filters._phrases import prefix_pattern
+from gatewayd.guardrails.filters._spans import fold_case, resolve, tail_holdback
+from gatewayd.guardrails.types import Span
+
+Accept = Callable[[re.Match[str]], bool]
+
+
+def _always(m: re.Match[str]) -> bool:
+    return True
+
+
+def _looks_random(m: re.Match[str]) -> bool:
+    """Generated keys mix digits, upper and lower case; words in prose do not."""
+    body = m.group("body")
+    return (
+        any(c.isdigit() for c in body)
+        and any(c.isupper() for c in body)
+        and any(c.islower() for c in body)
+    )
+
+
+def _has_digit(m: re.Match[str]) -> bool:
+    return any(c.isdigit() for c in m.group("body"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """A secret that starts with a fixed marker: its regex is tried only where
+    `str.find` sees a marker, never run over the whole text.
+
+    `gate` is one character every marker has: testing for a single character
+    is about ten times cheaper than for a string, so it goes first.
+    """
+
+    entity: str
+    gate: str
+    markers: tuple[str, ...]
+    pattern: re.Pattern[str]
+    accept: Accept = _always
+    score: float = 1.0
+
+
+_TOKENS = (
+    _Token(
+        "AWS_ACCESS_KEY",
+        "A",
+        ("AKIA", "ASIA"),
+        re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+    ),
+    _Token(
+        "GITHUB_TOKEN",
+        "_",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        re.compile(
+            r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,242})"
+            r"(?![A-Za-z0-9_])"
+        ),
+    ),
+    _Token(
+        "ANTHROPIC_API_KEY",
+        "-",
+        ("sk-ant-",),
+        re.compile(
+            r"(?<![A-Za-z0-9_-])sk-ant-[a-z]{2,8}[0-9]{0,3}-[A-Za-z0-9_-]{32,200}(?![A-Za-z0-9_-])"
+        ),
+    ),
+    _Token(
+        "OPENAI_API_KEY",
+        "-",
+        ("sk-",),
+        # "sk-ant-" is Anthropic's; the look-ahead keeps the two apart.
+        re.compile(
+            r"(?<![A-Za-z0-9_-])sk-(?!ant-)(?:proj-|svcacct-|admin-)?"
+            r"(?P<body>[A-Za-z0-9_-]{20,256})(?![A-Za-z0-9_-])"
+        ),
+        _looks_random,
+    ),
+    _Token(
+        "SLACK_TOKEN",
+        "-",
+        ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"),
+        re.compile(r"(?<![A-Za-z0-9_-])xox[baprs]-(?P<body>[A-Za-z0-9-]{10,250})(?![A-Za-z0-9_-])"),
+        _has_digit,
+    ),
+    _Token(
+        "STRIPE_KEY",
+        "_",
+        ("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
+        re.compile(r"(?<![A-Za-z0-9_])[sr]k_(?:live|test)_[A-Za-z0-9]{16,247}(?![A-Za-z0-9_])"),
+    ),
+    _Token(
+        "GOOGLE_API_KEY",
+        "A",
+        ("AIza",),
+        re.compile(r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"),
+    ),
+    _Token(
+        "JWT",
+        "J",
+        ("eyJ",),
+        re.compile(
+            r"(?<![A-Za-z0-9_.-])eyJ[A-Za-z0-9_-]{10,2000}\.[A-Za-z0-9_-]{10,6000}"
+            r"\.[A-Za-z0-9_-]{16,1000}(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])"
+        ),
+    ),
+    _Token(
+        "PRIVATE_KEY",
+        "-",
+        ("-----BEGIN ",),
+        # The whole block through its END line; a block cut short (no END)
+        # still counts: its header and the base64 lines that follow it.
+        re.compile(
+            r"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40})PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:[\s\S]{0,16000}?-----END (?P=kind)PRIVATE KEY(?: BLOCK)?-----"
+            r"|(?:\r?\n[A-Za-z0-9+/=]{16,100}){0,150})"
+        ),
+    ),
+)
+
+# Assignments whose value is a secret. Written in lower case: they run on
+# lower-cased text (see fold_case). The look-behind after each name's first
+# letter (there, the pattern still starts with plain characters) lets
+# `db_password` and `AWS_SECRET_ACCESS_KEY` in, but not `mypassword`.
+_KEY_NAMES = (
+    "password", "passwd", "passphrase", "pwd", "secret", "secret_key", "secret-key", "token",
+    "api_key", "api-key", "apikey", "access_key", "access-key", "private_key", "private-key",
+)  # fmt: skip
+_KEY_MARKERS = ("pass", "pwd", "secret", "token", "key")
+_ASSIGNMENT = re.compile(
+    "(?:"
+    + "|".join(f"{k[0]}(?<![a-z0-9].){re.escape(k[1:])}" for k in _KEY_NAMES)
+    + r")[\"']?[ \t]{0,8}(?:=>|:=|=|:)[ \t]{0,8}"
+    r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'|(?P<bare>[^\s\"',;]{1,256}))"
+)
+_TRAILING_PUNCTUATION = ".,;:!?)]}>"
+# Values that stand for a secret rather than being one.
+_PLACEHOLDER = re.compile(
+    r"\$\{.*\}|\$[a-z_][a-z0-9_]*|\{\{.*\}\}|<.*>|%\(?[a-z_]*\)?s?|(.)\1*"
+    r"|none|null|nil|true|false|undefined|required|optional|string|str|bytes|text"
+    r"|password|secret|token|changeme|redacted|hidden|example|your[_-].*",
+)
+# A bare value that is code, not a literal: `self.password`, `getpass()`, `cfg["pw"]`.
+_CODE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+|.*[(\[].*")
+_PASSWORD_SCORE = 0.8
+
+# Holdback: a marker, part of one, or a marker and the token body so far.
+_TOKEN_MARKERS = sorted({m for t in _TOKENS if t.entity != "PRIVATE_KEY" for m in t.markers})
+_TAIL = re.compile(
+    r"(?<![A-Za-z0-9])(?:"
+    + "|".join(re.escape(m) for m in _TOKEN_MARKERS)
+    + r")[A-Za-z0-9_.-]{0,9010}\Z"
+    + r"|(?<![A-Za-z0-9])(?:"
+    + prefix_pattern(_TOKEN_MARKERS)
+    + r")\Z"
+)
+# A JWT is the longest token: 3 + 2000 + 1 + 6000 + 1 + 1000 characters.
+_TAIL_WINDOW = 9010
+_ASSIGNMENT_TAIL = re.compile(
+    r"(?<![A-Za-z0-9])(?:"
+    + prefix_pattern(_KEY_NAMES)
+    + r"|(?:"
+    + "|".join(re.escape(k) for k in _KEY_NAMES)
+    + r")[\"']?[ \t]{0,8}(?:(?:=>|:=|=|:)[ \t]{0,8}"
+    + r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;]{0,256}))?)\Z",
+    re.IGNORECASE,
+)
+# Key name (at most 11) + quote + blanks and operator (18) + quote and value (257).
+_ASSIGNMENT_WINDOW = 288
+_BEGIN = "-----BEGIN"
+_BEGIN_TAIL = re.compile(r"(?:" + prefix_pattern([_BEGIN]) + r")\Z")
+# A header still arriving (up to the end of the text), or a whole one.
+_KEY_PARTIAL = re.compile(
+    r"-----BEGIN(?: [A-Z0-9 ]{0,40}(?:"
+    + prefix_pattern(["PRIVATE KEY-----", "PRIVATE KEY BLOCK-----"])
+    + r")?)?\Z"
+)
+_KEY_HEADER = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+_KEY_END = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+# The longest block the regex takes: header (72) + 16000 + END line (72).
+_KEY_WINDOW = 16144
+
+ENTITIES = frozenset({t.entity for t in _TOKENS} | {"PASSWORD"})
+# Which finding wins when two of the same length overlap: the more specific.
+_RANK = {entity: 2 for entity in ENTITIES} | {"PASSWORD": 1}
+
+
+def _value_ok(raw: str, value: str, quoted: bool) -> bool:
+    """Whether an assigned value looks like a credential, not prose, code or a
+    placeholder; `raw` is the lower-cased value before trailing punctuation
+    was cut off, `value` after."""
+    if _PLACEHOLDER.fullmatch(raw) or _PLACEHOLDER.fullmatch(value):
+        return False
+    symbolic = any(c.isdigit() or not (c.isalpha() or c in "_.") for c in value)
+    if quoted:
+        return len(value) >= 8 or (symbolic and len(value) >= 4)
+    return len(value) >= 6 and symbolic and not _CODE.fullmatch(value)
+
+
+def _find_token(token: _Token, marker: str, text: str, out: list[Span]) -> None:
+    at = text.find(marker)
+    while at >= 0:
+        m = token.pattern.match(text, at)
+        if m and token.accept(m):
+            out.append(Span(token.entity, at, m.end(), token.score))
+            at = text.find(marker, m.end())
+        else:
+            at = text.find(marker, at + 1)
+
+
+class SecretsFilter:
+    """Finds credentials by their published formats; no service, no I/O."""
+
+    def __init__(self, config: SecretsFilterConfig) -> None:
+        self.name = config.name
+        self.on_error: OnError | None = config.on_error
+        unknown = set(config.entities) - ENTITIES
+        if unknown:
+            raise ValueError(f"unknown secrets entities: {', '.join(sorted(unknown))}")
+        wanted = frozenset(config.entities) or ENTITIES
+        self._tokens = tuple(t for t in _TOKENS if t.entity in wanted)
+        self._passwords = "PASSWORD" in wanted
+        self._keys = "PRIVATE_KEY" in wanted
+
+    def scan(self, text: str) -> list[Span]:
+        """Every secret in `text`, ordered by start, overlaps resolved."""
+        found: list[Span] = []
+        for token in self._tokens:
+            if token.gate in text:
+                for marker in token.markers:
+                    _find_token(token, marker, text, found)
+        if self._passwords and ("=" in text or ":" in text):
+            lowered = fold_case(text)
+            if any(marker in lowered for marker in _KEY_MARKERS):
+                self._scan_assignments(text, lowered, found)
+        return resolve(found, _RANK)
+
+    def _scan_assignments(self, text: str, lowered: str, found: list[Span]) -> None:
+        for m in _ASSIGNMENT.finditer(lowered):
+            group = "bare"
+            if m.group("dq") is not None:
+                group = "dq"
+            elif m.group("sq") is not None:
+                group = "sq"
+            start, end = m.span(group)
+            if group == "bare":
+                while end > start and text[end - 1] in _TRAILING_PUNCTUATION:
+                    end -= 1
+            if _value_ok(m.group(group), lowered[start:end], quoted=group != "bare"):
+                found.append(Span("PASSWORD", start, end, _PASSWORD_SCORE))
+
+    def holdback(self, text: str) -> int:
+        """The trailing characters that are, or could still grow into, a secret."""
+        held = tail_holdback(_TAIL, text, _TAIL_WINDOW, spaced=0)
+        if self._passwords:
+            recent = text[-_ASSIGNMENT_WINDOW:].lower()
+            # Without a whole key name in reach, only a key name still being
+            # typed can match: a single word.
+            spaced = None if any(m in recent for m in _KEY_MARKERS) else 0
+            held = max(held, tail_holdback(_ASSIGNMENT_TAIL, text, _ASSIGNMENT_WINDOW, spaced))
+        if self._keys:
+            held = max(held, self._key_holdback(text))
+        return held
+
+    def _key_holdback(self, text: str) -> int:
+        """Hold a private key block from its BEGIN line until its END line arrives."""
+        size = len(text)
+        begin = text.rfind(_BEGIN, max(0, size - _KEY_WINDOW))
+        if begin >= 0:
+            header = _KEY_HEADER.match(text, begin)
+            if header is None and _KEY_PARTIAL.match(text, begin):
+                return size - begin
+            if header is not None and not _KEY_END.search(text, header.end()):
+                return size - begin
+        return tail_holdback(_BEGIN_TAIL, text, len(_BEGIN))
