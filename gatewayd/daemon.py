@@ -1,5 +1,9 @@
 """Run the gateway in the foreground: bind, serve, reload on HUP, drain on TERM.
 
+The same Daemon serves alone (server.workers: 1, reporting to systemd) or as
+one worker under gatewayd.arbiter (reporting to the arbiter through a pipe);
+the Supervisor it is given is the only difference besides SO_REUSEPORT.
+
 Signal handlers only put the signal on a queue; the main loop dispatches it
 (as gunicorn's arbiter does), so no work happens inside a handler.
 
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
+from typing import Protocol
 
 import uvloop
 from aiohttp import web
@@ -53,10 +59,54 @@ def run(config: Config) -> int:
         return runner.run(Daemon(config).serve())
 
 
+class Supervisor(Protocol):
+    """Who hears how this process is doing: systemd itself, or a worker's arbiter."""
+
+    def ready(self, status: str) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def reloaded(self, ok: bool, status: str) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+class Systemd:
+    """A lone process: sd_notify straight to systemd, and its own count of reloads."""
+
+    def ready(self, status: str) -> None:
+        """Listening (or done reloading): READY=1."""
+        systemd.ready(status=status)
+
+    def reloading(self) -> None:
+        """RELOADING=1 with its timestamp."""
+        systemd.reloading()
+
+    def reloaded(self, ok: bool, status: str) -> None:
+        """Count the reload and say READY=1 again, whatever its result."""
+        # Counted by whoever systemd asked to reload; under an arbiter that
+        # is the arbiter, once per reload rather than once per worker.
+        metrics.CONFIG_RELOADS.labels("success" if ok else "error").inc()
+        systemd.ready(status=status)
+
+    def stopping(self) -> None:
+        """STOPPING=1."""
+        systemd.stopping()
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        generation: int = 1,
+        supervisor: Supervisor | None = None,
+        reuse_port: bool = False,
+    ) -> None:
         self._source: Path = config.source
-        self._generation = 1
+        self._generation = generation
+        self._supervisor = supervisor or Systemd()
+        self._reuse_port = reuse_port
         self._holder = RuntimeHolder(build_runtime(config, self._generation))
         self._audit = AuditWriter(config.audit)
         self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -68,7 +118,9 @@ class Daemon:
         runner = make_runner(app, config.server)
         await runner.setup()
         listen = config.server.listen
-        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        site = web.TCPSite(
+            runner, listen.host, listen.port, backlog=1024, reuse_port=self._reuse_port
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -81,9 +133,15 @@ class Daemon:
             "gatewayd %s listening on %s",
             __version__,
             _address(runner) or listen,
-            extra={"fields": {"generation": self._generation, "config": str(self._source)}},
+            extra={
+                "fields": {
+                    "generation": self._generation,
+                    "config": str(self._source),
+                    "pid": os.getpid(),
+                }
+            },
         )
-        systemd.ready(status=f"serving on {listen}, config generation {self._generation}")
+        self._supervisor.ready(f"serving on {listen}, config generation {self._generation}")
 
         while True:
             sig = await self._signals.get()
@@ -92,15 +150,15 @@ class Daemon:
             else:
                 break
 
-        log.info("draining", extra={"fields": {"signal": sig.name}})
-        systemd.stopping()
+        log.info("draining", extra={"fields": {"signal": sig.name, "pid": os.getpid()}})
+        self._supervisor.stopping()
         app[health.HEALTH].draining = True
         # Stop accepting, let in-flight requests (streams too) finish within
         # shutdown_timeout, cancel the rest, then unwind the cleanup contexts.
         await runner.cleanup()
         for task in self._retiring:
             task.cancel()
-        log.info("stopped")
+        log.info("stopped", extra={"fields": {"pid": os.getpid()}})
         return 0
 
     def _install_signals(self) -> None:
@@ -110,7 +168,7 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Swap in the config file as it is now, or keep serving the old one."""
-        systemd.reloading()
+        self._supervisor.reloading()
         old = self._holder.current
         try:
             config = await asyncio.to_thread(load, self._source)
@@ -124,24 +182,27 @@ class Daemon:
         self._generation += 1
         self._holder.current = runtime
         gw_logging.configure(config.logging)
-        metrics.CONFIG_RELOADS.labels("success").inc()
         metrics.CONFIG_GENERATION.set(self._generation)
         task = asyncio.create_task(old.close(drain_timeout=config.server.shutdown_timeout))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        log.info("configuration reloaded", extra={"fields": {"generation": self._generation}})
-        systemd.ready(status=f"serving, config generation {self._generation}")
+        log.info(
+            "configuration reloaded",
+            extra={"fields": {"generation": self._generation, "pid": os.getpid()}},
+        )
+        self._supervisor.reloaded(True, f"serving, config generation {self._generation}")
         return True
 
     def _reload_failed(self, old: Runtime, problems: list[str]) -> bool:
-        metrics.CONFIG_RELOADS.labels("error").inc()
         for problem in problems:
             log.error("reload failed: %s", problem)
         log.error(
             "reload failed, still serving the previous configuration",
-            extra={"fields": {"generation": old.generation}},
+            extra={"fields": {"generation": old.generation, "pid": os.getpid()}},
         )
-        systemd.ready(status=f"reload failed; serving config generation {old.generation}")
+        self._supervisor.reloaded(
+            False, f"reload failed; serving config generation {old.generation}"
+        )
         return False
 
 

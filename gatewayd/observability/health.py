@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -112,6 +113,9 @@ async def detailed(request: web.Request) -> web.Response:
         {
             "status": "draining" if sources.draining else "ok",
             "version": __version__,
+            # Which worker answered, when server.workers > 1 (each has its own
+            # breakers, audit queue and config generation).
+            "pid": os.getpid(),
             "uptime_s": round(time.time() - sources.started, 1),
             "config": {
                 "generation": runtime.generation,
