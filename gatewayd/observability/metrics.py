@@ -3,17 +3,29 @@
 Label values come from small fixed sets (route, upstream, filter and entity
 names from config; status codes; fixed reason words). User data never
 becomes a label.
+
+With several workers (gatewayd.arbiter) each process writes its values to
+files in $PROMETHEUS_MULTIPROC_DIR, and /metrics on any worker adds up the
+whole group. prometheus_client chooses in-memory or file-backed values when
+it is first imported, so the arbiter's caller sets that variable before
+importing anything that imports this module. Each gauge says how the group's
+values combine (`multiprocess_mode`); a lone process ignores that.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gatewayd import __version__
+
+# Read once, as prometheus_client itself did when this module imported it.
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -71,6 +83,9 @@ CIRCUIT_OPEN = Gauge(
     "1 while an upstream's circuit breaker is open (or half-open), else 0.",
     ["upstream"],
     registry=REGISTRY,
+    # Every worker has its own breaker per upstream: 1 while any live one is
+    # open keeps the 0/1 meaning; a dead worker's breaker died with it.
+    multiprocess_mode="livemax",
 )
 GUARDRAIL_FINDINGS = Counter(
     "gatewayd_guardrail_findings_total",
@@ -132,6 +147,8 @@ AUDIT_QUEUE_DEPTH = Gauge(
     "gatewayd_audit_queue_depth",
     "Audit events waiting to be written.",
     registry=REGISTRY,
+    # Each worker has its own queue: the group's backlog is their sum.
+    multiprocess_mode="livesum",
 )
 CONFIG_RELOADS = Counter(
     "gatewayd_config_reloads_total",
@@ -143,12 +160,17 @@ CONFIG_GENERATION = Gauge(
     "gatewayd_config_generation",
     "How many configurations this process has loaded (1 at start).",
     registry=REGISTRY,
+    # Generations only grow and a respawned worker starts at the arbiter's
+    # current one, so the highest is the configuration being served.
+    multiprocess_mode="max",
 )
 BUILD_INFO = Gauge(
     "gatewayd_build_info",
     "Always 1; the version label says which gatewayd this is.",
     ["version"],
     registry=REGISTRY,
+    # Set at import, in the arbiter before it forks; its file holds the 1.
+    multiprocess_mode="max",
 )
 BUILD_INFO.labels(version=__version__).set(1)
 
@@ -164,5 +186,11 @@ def child(metric: _M, *labels: str) -> _M:
 
 
 def exposition() -> bytes:
-    """The registry in Prometheus text format, for GET /metrics."""
-    return generate_latest(REGISTRY)
+    """The registry (or, with workers, the whole group's files) in Prometheus text format."""
+    if MULTIPROC_DIR is None:
+        return generate_latest(REGISTRY)
+    # A fresh registry per scrape, as prometheus_client's multiprocess mode
+    # requires: the collector reads every worker's files when collected.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
