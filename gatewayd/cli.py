@@ -8,13 +8,20 @@ gatewayd --version
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 
 from gatewayd import __version__
 from gatewayd.config import ConfigError, load
+from gatewayd.config.schema import Config
 
 DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.yaml"
+# Where prometheus_client keeps file-backed values when several processes serve.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +65,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{path}: configuration ok")
         return 0
-    # Imported only to run, so --check-config needs nothing beyond the config.
-    from gatewayd.daemon import run
+    return _serve(config)
 
-    return run(config)
+
+def _serve(config: Config) -> int:
+    """Run one serving process, or an arbiter over server.workers of them."""
+    # Imported only to run, so --check-config needs nothing beyond the config.
+    # prometheus_client decides in-memory or file-backed values when first
+    # imported (by gatewayd.daemon, through its metrics), so the environment
+    # is settled before either import below.
+    if config.server.workers == 1:
+        # An inherited directory would make a lone process write metric files.
+        os.environ.pop(MULTIPROC_ENV, None)
+        from gatewayd.daemon import run
+
+        return run(config)
+    with _shared_metrics():
+        from gatewayd.arbiter import run as run_workers
+
+        return run_workers(config)
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """A fresh private directory where every worker's metrics meet, removed on exit."""
+    # $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=) is tmpfs the service
+    # owns; otherwise mkdtemp's 0700 directory under $TMPDIR. Never a shared,
+    # fixed path: files left by another run would be added to this one's.
+    directory = tempfile.mkdtemp(
+        prefix="gatewayd-metrics-", dir=os.environ.get("RUNTIME_DIRECTORY")
+    )
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        # Workers never return here: a forked child leaves with os._exit.
+        shutil.rmtree(directory, ignore_errors=True)

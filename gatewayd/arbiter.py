@@ -1,0 +1,474 @@
+"""The arbiter: with server.workers > 1, one small process that never serves
+traffic forks the workers and supervises them, as gunicorn's arbiter and
+nginx's master process do.
+
+    arbiter   systemd's main pid: sd_notify, signals, config validation
+      ├── worker   Daemon.serve on SO_REUSEPORT   ─┐  one byte per event on
+      ├── worker   (the kernel spreads new         ├─ its own pipe: ready,
+      └── worker    connections over them)        ─┘  reloaded, reload failed
+
+The arbiter forks before any event loop exists and runs a plain select loop.
+Signal handlers do nothing: `signal.set_wakeup_fd` writes each signal's number
+to a pipe the loop watches, and the loop dispatches HUP (validate, forward,
+wait for every worker's result, READY=1), TERM/INT (forward, wait for the
+drain, kill stragglers) and CHLD (reap, respawn with a backoff, give up after
+a burst of crashes as systemd's start limit does).
+
+Import this module only once $PROMETHEUS_MULTIPROC_DIR is set (gatewayd.cli
+does): it imports the daemon, and with it prometheus_client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn
+
+import uvloop
+from prometheus_client.multiprocess import mark_process_dead
+
+from gatewayd import systemd
+from gatewayd.config import load
+from gatewayd.config.schema import Config, Listen
+from gatewayd.daemon import Daemon
+from gatewayd.errors import ConfigError
+from gatewayd.observability import logging as gw_logging
+from gatewayd.observability import metrics
+
+log = logging.getLogger(__name__)
+
+# What a worker tells the arbiter, one byte each.
+READY = b"r"
+RELOADED = b"h"
+RELOAD_FAILED = b"f"
+
+SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+
+# Like systemd's StartLimitBurst=5 in StartLimitIntervalSec=10s: more crashes
+# than this within the interval and the arbiter stops, so a worker that dies
+# at once every time is not respawned forever (systemd may restart us all).
+START_LIMIT_BURST = 5
+START_LIMIT_INTERVAL = 10.0
+# Respawn delay after the n-th recent crash: 0.1 s doubled each time, so the
+# burst is reached in about 3 s, well inside the interval.
+RESPAWN_BACKOFF = 0.1
+# Past shutdown_timeout a worker still closes its audit writer (up to 5 s)
+# and its clients; after this much more it is killed.
+STOP_GRACE = 10.0
+# How often a worker checks that its arbiter is still there.
+ORPHAN_CHECK = 1.0
+
+
+def run(config: Config) -> int:
+    """Serve with config.server.workers forked workers under this process; the exit code."""
+    if metrics.MULTIPROC_DIR is None:
+        raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before metrics are imported")
+    gw_logging.configure(config.logging)
+    return Arbiter(config).run()
+
+
+@dataclass(eq=False)
+class Worker:
+    pid: int
+    pipe: int
+    ready: bool = False
+    # Reload results this worker still owes the arbiter.
+    reloads: int = 0
+
+
+class Arbiter:
+    """Forks the workers, relays signals to them, and replaces the ones that die."""
+
+    def __init__(self, config: Config) -> None:
+        self._pid = os.getpid()
+        self._boot = config
+        # What a worker forked now serves: the last config that validated,
+        # with what only a restart changes kept from the boot config.
+        self._config = config
+        self._generation = 1
+        self._workers: dict[int, Worker] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wakeup, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wakeup, selectors.EVENT_READ)
+        self._booted = False
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._killed = False
+        self._exit_code = 0
+        self._hup_wanted = False
+        self._reloading = False
+        self._reload_failures = 0
+        self._crashes: deque[float] = deque()
+        self._respawns: list[float] = []
+
+    def run(self) -> int:
+        """Fork the workers and supervise them until they have all stopped."""
+        listen = self._boot.server.listen
+        problem = _cannot_listen(listen)
+        if problem is not None:
+            log.error("cannot listen on %s: %s", listen, problem)
+            return 1
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for sig in SIGNALS:
+            signal.signal(sig, _wake)
+        log.info(
+            "arbiter starting %d workers",
+            self._boot.server.workers,
+            extra={"fields": {"pid": os.getpid(), "listen": str(listen)}},
+        )
+        for _ in range(self._boot.server.workers):
+            self._spawn()
+        while self._workers or not self._stopping:
+            self._step()
+        log.info("all workers stopped", extra={"fields": {"exit_code": self._exit_code}})
+        return self._exit_code
+
+    def _step(self) -> None:
+        for key, _ in self._selector.select(self._timeout()):
+            if key.fd == self._wakeup:
+                for signum in os.read(self._wakeup, 512):
+                    self._on_signal(signum)
+            else:
+                self._on_report(key.data, os.read(key.fd, 512))
+        self._reap()
+        now = time.monotonic()
+        if self._respawns and self._respawns[0] <= now:
+            self._respawns.pop(0)
+            self._spawn()
+        if self._stopping and not self._killed and now >= self._stop_deadline:
+            self._kill_stragglers()
+        if self._hup_wanted:
+            self._reload()
+
+    def _timeout(self) -> float | None:
+        """Until the next respawn or the stop deadline; None waits for an event."""
+        due = self._respawns[:1]
+        if self._stopping and not self._killed:
+            due = [*due, self._stop_deadline]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP and not self._stopping:
+            self._hup_wanted = True
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            self._stop(signal.Signals(signum).name)
+
+    def _spawn(self) -> None:
+        read, write = os.pipe2(os.O_CLOEXEC)
+        # Signals stay blocked across the fork, so the child cannot run the
+        # arbiter's handlers before it has put back the default ones.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(read, write, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(write)
+        os.set_blocking(read, False)
+        worker = Worker(pid, read)
+        self._workers[pid] = worker
+        self._selector.register(read, selectors.EVENT_READ, worker)
+        log.info("worker started", extra={"fields": {"pid": pid, "generation": self._generation}})
+
+    def _become_worker(self, read: int, report: int, mask: set[int | signal.Signals]) -> NoReturn:
+        """The child's side of the fork: shed the arbiter's state, serve, and never return."""
+        code = 1
+        try:
+            for sig in SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            # The arbiter is systemd's main pid (NotifyAccess=main ignores
+            # anyone else); a worker reports to the arbiter only.
+            os.environ.pop("NOTIFY_SOCKET", None)
+            # Its own pipe's read end too: with the arbiter gone, a write
+            # must fail rather than fill a pipe nobody reads.
+            pipes = [w.pipe for w in self._workers.values() if w.pipe >= 0]
+            for fd in (read, self._wakeup, self._wakeup_w, *pipes):
+                os.close(fd)
+            self._selector.close()
+            code = _serve_worker(self._config, self._generation, report, self._pid)
+        except BaseException:
+            log.exception("worker failed", extra={"fields": {"pid": os.getpid()}})
+        finally:
+            # Never unwind into the arbiter's frames (they would remove the
+            # metrics directory); flush what logging buffered first.
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _on_report(self, worker: Worker, data: bytes) -> None:
+        if not data:
+            # The worker closed its end, so it is exiting; SIGCHLD will follow.
+            self._close(worker)
+            return
+        for event in (data[i : i + 1] for i in range(len(data))):
+            if event == READY:
+                self._on_ready(worker)
+            elif event in (RELOADED, RELOAD_FAILED) and worker.reloads > 0:
+                # Only results the arbiter asked for: `systemctl kill -s HUP`
+                # signals every process of the unit, workers included.
+                worker.reloads -= 1
+                if event == RELOAD_FAILED:
+                    self._reload_failures += 1
+        self._check_reloaded()
+
+    def _on_ready(self, worker: Worker) -> None:
+        worker.ready = True
+        log.info("worker ready", extra={"fields": {"pid": worker.pid}})
+        if (
+            not self._booted
+            and len(self._workers) == self._boot.server.workers
+            and all(w.ready for w in self._workers.values())
+        ):
+            self._booted = True
+            systemd.ready(status=self._status())
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self._workers.pop(pid, None)
+            if worker is not None:
+                self._close(worker)
+                # Drops its live gauges (circuit_open, audit_queue_depth); its
+                # counters stay, so the group's totals never go backwards.
+                mark_process_dead(pid)  # type: ignore[no-untyped-call]
+                self._on_exit(worker, status)
+
+    def _close(self, worker: Worker) -> None:
+        if worker.pipe >= 0:
+            self._selector.unregister(worker.pipe)
+            os.close(worker.pipe)
+            worker.pipe = -1
+
+    def _on_exit(self, worker: Worker, status: int) -> None:
+        fields = {"pid": worker.pid, "exit": _describe(status)}
+        if self._stopping:
+            log.info("worker exited", extra={"fields": fields})
+            return
+        log.error("worker died unexpectedly", extra={"fields": fields})
+        self._check_reloaded()
+        if not self._booted:
+            # Some worker never got going (its own log says why: a port in
+            # use, an audit file it cannot open): a start-up failure.
+            log.error("a worker failed to start; stopping")
+            self._exit_code = 1
+            self._stop("start-up failure")
+            return
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes[0] < now - START_LIMIT_INTERVAL:
+            self._crashes.popleft()
+        if len(self._crashes) > START_LIMIT_BURST:
+            log.error(
+                "workers died %d times in %.0f s; giving up",
+                len(self._crashes),
+                START_LIMIT_INTERVAL,
+            )
+            self._exit_code = 1
+            self._stop("start limit")
+            return
+        self._respawns.append(now + RESPAWN_BACKOFF * 2 ** (len(self._crashes) - 1))
+        self._respawns.sort()
+
+    def _reload(self) -> None:
+        """Validate the config file once; forward SIGHUP only if it is good."""
+        if self._reloading or not all(w.ready for w in self._workers.values()):
+            # One reload at a time, and only workers that are serving can take
+            # one; the loop comes back here once they report.
+            return
+        self._hup_wanted = False
+        systemd.reloading()
+        try:
+            config = load(self._config.source)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload failed: %s", problem)
+            log.error(
+                "reload failed, workers keep serving the previous configuration",
+                extra={"fields": {"generation": self._generation}},
+            )
+            metrics.CONFIG_RELOADS.labels("error").inc()
+            systemd.ready(status=f"reload failed; {self._status()}")
+            return
+        if config.server.workers != self._boot.server.workers:
+            log.warning("server.workers changed: restart gatewayd to apply it")
+        gw_logging.configure(config.logging)
+        self._config = _keep_static(self._boot, config)
+        self._generation += 1
+        self._reloading = True
+        self._reload_failures = 0
+        for worker in self._workers.values():
+            worker.reloads += 1
+            _signal(worker.pid, signal.SIGHUP)
+        self._check_reloaded()
+
+    def _check_reloaded(self) -> None:
+        """After a forwarded SIGHUP: once every live worker has answered, READY=1."""
+        if not self._reloading or any(w.reloads > 0 for w in self._workers.values()):
+            return
+        self._reloading = False
+        fields = {"generation": self._generation, "failed_workers": self._reload_failures}
+        if self._reload_failures:
+            metrics.CONFIG_RELOADS.labels("error").inc()
+            log.error("reload failed in some workers", extra={"fields": fields})
+        else:
+            metrics.CONFIG_RELOADS.labels("success").inc()
+            log.info("configuration reloaded in every worker", extra={"fields": fields})
+        systemd.ready(status=self._status())
+
+    def _stop(self, reason: str) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._respawns.clear()
+        systemd.stopping()
+        log.info("stopping workers", extra={"fields": {"reason": reason}})
+        timeout = max(self._boot.server.shutdown_timeout, self._config.server.shutdown_timeout)
+        self._stop_deadline = time.monotonic() + timeout + STOP_GRACE
+        for pid in self._workers:
+            _signal(pid, signal.SIGTERM)
+
+    def _kill_stragglers(self) -> None:
+        self._killed = True
+        for pid in self._workers:
+            log.warning("worker did not stop in time; killing it", extra={"fields": {"pid": pid}})
+            _signal(pid, signal.SIGKILL)
+
+    def _status(self) -> str:
+        return (
+            f"serving on {self._boot.server.listen} with {len(self._workers)} workers,"
+            f" config generation {self._generation}"
+        )
+
+
+class _Pipe:
+    """A worker's Supervisor: one byte to the arbiter per event, never to systemd."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def ready(self, status: str) -> None:
+        """Listening: the arbiter says READY=1 once every worker is."""
+        self._send(READY)
+
+    def reloading(self) -> None:
+        """Nothing: the arbiter said RELOADING=1 before it forwarded SIGHUP."""
+
+    def reloaded(self, ok: bool, status: str) -> None:
+        """The result the arbiter waits for before READY=1."""
+        self._send(RELOADED if ok else RELOAD_FAILED)
+
+    def stopping(self) -> None:
+        """Nothing: the arbiter said STOPPING=1 before it forwarded SIGTERM."""
+
+    def _send(self, event: bytes) -> None:
+        try:
+            os.write(self._fd, event)
+        except OSError:
+            # The arbiter is gone; the orphan check stops this worker.
+            log.debug("arbiter pipe closed", extra={"fields": {"pid": os.getpid()}})
+
+
+def _serve_worker(config: Config, generation: int, report: int, arbiter: int) -> int:
+    """Run one worker's Daemon on its own event loop; its exit code."""
+    daemon = Daemon(config, generation=generation, supervisor=_Pipe(report), reuse_port=True)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve_until_orphaned(daemon, arbiter))
+
+
+async def _serve_until_orphaned(daemon: Daemon, arbiter: int) -> int:
+    watch = asyncio.create_task(_watch_arbiter(arbiter))
+    try:
+        return await daemon.serve()
+    finally:
+        watch.cancel()
+
+
+async def _watch_arbiter(arbiter: int) -> None:
+    """Drain and exit, as on SIGTERM, once the arbiter is gone.
+
+    Polling getppid once a second rather than prctl(PR_SET_PDEATHSIG): no
+    ctypes, no race with an arbiter that died before the call, and the worker
+    drains its requests instead of being killed mid-stream.
+    """
+    while os.getppid() == arbiter:  # noqa: ASYNC110 - nothing announces a parent's death
+        await asyncio.sleep(ORPHAN_CHECK)
+    log.warning("arbiter is gone; stopping", extra={"fields": {"pid": os.getpid()}})
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _wake(signum: int, frame: FrameType | None) -> None:
+    """Nothing: set_wakeup_fd has already queued `signum` for the arbiter's loop."""
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        # Exited and not reaped yet: the loop reaps it next.
+        return
+
+
+def _keep_static(boot: Config, new: Config) -> Config:
+    """`new`, with the listener, worker count and audit sink of `boot`.
+
+    Running workers keep those until a restart; a worker forked after a
+    reload must bind where its siblings listen and write where they write.
+    """
+    server = dataclasses.replace(new.server, listen=boot.server.listen, workers=boot.server.workers)
+    return dataclasses.replace(new, server=server, audit=boot.audit)
+
+
+def _cannot_listen(listen: Listen) -> str | None:
+    """Why the workers could not share `listen`, or None if they can.
+
+    Workers bind with SO_REUSEPORT, which would let them join any listener
+    of the same user on that port (another gatewayd) and quietly split its
+    traffic. A trial bind without SO_REUSEPORT fails instead if anyone
+    listens there; SO_REUSEADDR, as aiohttp sets it, ignores TIME_WAIT.
+    """
+    if listen.port == 0:
+        return "port 0 gives every worker its own port; name one"
+    try:
+        addresses = socket.getaddrinfo(
+            listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return str(exc.strerror)
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return str(exc.strerror)
+    return None
+
+
+def _describe(status: int) -> str:
+    """A wait status as `exit status N` or `signal NAME`."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
