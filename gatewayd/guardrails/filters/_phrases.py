@@ -111,10 +111,10 @@ def _branches(trie: Trie, after: Mapping[str, str], guard: str) -> str:
     return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
 
 
-def trie_pattern(phrases: Iterable[str], after: Mapping[str, str]) -> str:
-    """Regex source matching any phrase followed by its `after` regex, with no
-    word-boundary checks: for callers that check boundaries their own way."""
-    return _branches(_trie(phrases), after, "")
+def trie_pattern(phrases: Iterable[str], after: Mapping[str, str], guard: str = "") -> str:
+    """Regex source matching any phrase followed by its `after` regex, for callers
+    that check boundaries their own way: `guard` goes after the first character."""
+    return _branches(_trie(phrases), after, guard)
 
 
 def prefix_pattern(phrases: Iterable[str]) -> str:

@@ -27,6 +27,20 @@ def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
     return kept
 
 
+def clear_of_spans(text: str, held: int, spans: list[Span]) -> int:
+    """`held`, widened so the release point does not fall inside one of `spans`.
+
+    Tails look only for what could still grow; a tail may begin inside a
+    finding that is already complete (the digits after an IBAN's letters, the
+    dashes ending a private key), and releasing there would cut the finding.
+    """
+    cut = len(text) - held
+    for span in spans:
+        if span.start < cut < span.end:
+            return len(text) - span.start
+    return held
+
+
 def tail_holdback(tail: re.Pattern[str], text: str, window: int, spaced: int | None = None) -> int:
     """Length of the longest suffix of `text` that `tail` (anchored at the end) matches.
 

@@ -18,7 +18,7 @@ _CARD_BRANDS: tuple[tuple[int, int, frozenset[int]], ...] = (
     (37, 37, frozenset({15})),
     (300, 305, frozenset({14, 16, 17, 18, 19})),  # Diners Club
     (36, 36, frozenset({14, 16, 17, 18, 19})),
-    (38, 39, frozenset({16, 17, 18, 19})),
+    (38, 39, frozenset({14, 16, 17, 18, 19})),
     (3528, 3589, frozenset({16, 17, 18, 19})),  # JCB
     (6011, 6011, frozenset({16, 17, 18, 19})),  # Discover
     (644, 649, frozenset({16, 17, 18, 19})),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gatewayd.config.schema import InjectionFilterConfig, OnError
 from gatewayd.guardrails.filters._phrases import longest_match, prefix_pattern, trie_pattern
-from gatewayd.guardrails.filters._spans import fold_case, tail_holdback
+from gatewayd.guardrails.filters._spans import clear_of_spans, fold_case, tail_holdback
 from gatewayd.guardrails.types import Span
 
 # Rules are written with single spaces; each stands for 1-8 blanks (no newline),
@@ -189,4 +189,4 @@ class InjectionFilter:
         head = self._heads.search(text, start)
         if head is not None:
             held = max(held, size - head.start())
-        return held
+        return clear_of_spans(text, held, self.scan(text)) if held < size else held

@@ -12,7 +12,7 @@ from gatewayd.guardrails.filters._phrases import (
     prefix_pattern,
     whole_pattern,
 )
-from gatewayd.guardrails.filters._spans import fold_case, tail_holdback
+from gatewayd.guardrails.filters._spans import clear_of_spans, fold_case, tail_holdback
 from gatewayd.guardrails.types import Span
 
 # Longer phrases would make the factored regex nest past what is sensible.
@@ -62,4 +62,5 @@ class KeywordsFilter:
         """The trailing characters that begin (or are) a phrase: more text may complete it."""
         if not self._phrases:
             return 0
-        return tail_holdback(self._tail, text, self._window)
+        held = tail_holdback(self._tail, text, self._window)
+        return clear_of_spans(text, held, self.scan(text)) if held < len(text) else held

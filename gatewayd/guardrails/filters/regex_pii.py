@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from gatewayd.config.schema import OnError, PiiFilterConfig
 from gatewayd.guardrails.filters import _validators as v
-from gatewayd.guardrails.filters._spans import resolve, tail_holdback
+from gatewayd.guardrails.filters._spans import clear_of_spans, resolve, tail_holdback
 from gatewayd.guardrails.types import Span
 
 _A = re.ASCII
@@ -40,7 +40,7 @@ PHONE = re.compile(
     r"(?<![\w+])(?:"
     # E.164, compact (+14155552671) or grouped (+44 20 7946 0958, +1 (415) 555-2671)
     r"(?P<intl>\+[1-9](?:\d{6,14}|\d{0,2}"
-    r"(?:[ .-](?:\(\d{1,4}\) ?\d{0,4}|\d{1,4})){1,2}(?:[ .-]\d{2,5}){1,4}))"
+    r"(?:[ .-](?:\(\d{1,4}\) ?\d{0,4}|\d{1,4})){1,2}(?:[ .-]\d{2,6}){1,4}))"
     # North American: (415) 555-2671, 415-555-2671, 415.555.2671, 1-800-555-0199
     r"|(?P<nanp>(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})"
     # national with a trunk 0: 020 7946 0958, 07700 900123, 030 12345678
@@ -80,8 +80,9 @@ _TAIL = re.compile(
     r"(?:"
     # an email's local part, or a local part and an unfinished domain
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}(?:@[A-Za-z0-9.-]{0,408})?"
-    # phones, cards, SSNs, IPv4: a run of digits and their separators
-    r"|[\d(+][\d .()+-]{0,59}"
+    # phones, cards, SSNs, IPv4: a run of digits and their separators (none of
+    # them starts right after a letter or digit)
+    r"|(?<![A-Za-z0-9_])[\d(+][\d .()+-]{0,59}"
     r"|(?<![A-Za-z0-9])[A-Z](?:[A-Z](?:\d(?:\d(?: ?[A-Z0-9]){0,30} ?)?)?)?"
     r"|(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){0,8}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{0,3}){0,3})?"
     r")\Z",
@@ -89,7 +90,7 @@ _TAIL = re.compile(
 )
 # The longest match of any alternative above: an email, 64 + 1 + 408; the
 # longest that may hold a space: the digit run, which covers the longest
-# grouped phone number the regex takes (52) and card (37).
+# grouped phone number the regex takes (56) and card (37).
 _TAIL_WINDOW = 473
 _TAIL_SPACED = 60
 # Custom patterns are opaque: hold back the trailing run without whitespace.
@@ -217,12 +218,18 @@ def _run_start(text: str, end: int, outside: re.Pattern[str], longest: int) -> i
     return end - run if run <= longest else -1
 
 
+def _in_url(text: str, start: int) -> bool:
+    """Whether `start` is inside a URL's user info (https://user@host): no email."""
+    word = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
+    return text.find("://", word, start) >= 0
+
+
 def _find_emails(text: str, out: list[Span]) -> None:
     at = text.find("@")
     while at > 0:
         start = _run_start(text, at, _NOT_LOCAL, 64)
         domain = _DOMAIN.match(text, at + 1) if 0 <= start < at else None
-        if domain:
+        if domain and not _in_url(text, start):
             out.append(Span("EMAIL_ADDRESS", start, domain.end()))
             at = domain.end()
         at = text.find("@", at + 1)
@@ -297,4 +304,4 @@ class PiiFilter:
         held = tail_holdback(_TAIL, text, _TAIL_WINDOW, _TAIL_SPACED)
         if self._custom:
             held = max(held, tail_holdback(_CUSTOM_TAIL, text, _CUSTOM_WINDOW))
-        return held
+        return clear_of_spans(text, held, self.scan(text)) if held < len(text) else held

@@ -3,8 +3,9 @@
 Most secrets start with a fixed marker ("AKIA", "ghp_", "sk-", "eyJ"...): a
 substring test on the marker decides whether the entity's regex runs at all,
 so a text without any marker costs a few substring searches. Passwords are
-found from an assignment (`password = "..."`, `passwd: ...`, `api_key=...`)
-and the finding covers the value only.
+found from an assignment (`password = "..."`, `passwd: ...`, `api_key=...`,
+`my password is ...`) or a URL's user info (`postgres://app:...@db`), and the
+finding covers the value only.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gatewayd.config.schema import OnError, SecretsFilterConfig
-from gatewayd.guardrails.filters._phrases import prefix_pattern
-from gatewayd.guardrails.filters._spans import fold_case, resolve, tail_holdback
+from gatewayd.guardrails.filters._phrases import prefix_pattern, trie_pattern
+from gatewayd.guardrails.filters._spans import clear_of_spans, fold_case, resolve, tail_holdback
 from gatewayd.guardrails.types import Span
 
 Accept = Callable[[re.Match[str]], bool]
@@ -142,13 +143,17 @@ _KEY_NAMES = (
     "api_key", "api-key", "apikey", "access_key", "access-key", "private_key", "private-key",
 )  # fmt: skip
 _KEY_MARKERS = ("pass", "pwd", "secret", "token", "key")
+# Between name and value: an operator, or "is"/"was" ("my password is ...").
+_OPERATOR = r"(?:=>|:=|=|:|[ \t](?:is|was)(?:[ \t]{0,8}:)?)"
+_VALUE = r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'|(?P<bare>[^\s\"',;]{1,256}))"
 _ASSIGNMENT = re.compile(
-    "(?:"
-    + "|".join(f"{k[0]}(?<![a-z0-9].){re.escape(k[1:])}" for k in _KEY_NAMES)
-    + r")[\"']?[ \t]{0,8}(?:=>|:=|=|:)[ \t]{0,8}"
-    r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'|(?P<bare>[^\s\"',;]{1,256}))"
+    trie_pattern(_KEY_NAMES, dict.fromkeys(_KEY_NAMES, ""), guard="(?<![a-z0-9].)")
+    + rf"[\"']?[ \t]{{0,8}}{_OPERATOR}[ \t]{{0,8}}{_VALUE}"
 )
-_TRAILING_PUNCTUATION = ".,;:!?)]}>"
+# Credentials in a URL's user info: scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"://[^\s/:@]{1,64}:(?P<value>[^\s/@]{1,128})@")
+# Sentence punctuation after a bare value; "!" and "?" are common in passwords.
+_TRAILING_PUNCTUATION = ".,;:)]}>"
 # Values that stand for a secret rather than being one.
 _PLACEHOLDER = re.compile(
     r"\$\{.*\}|\$[a-z_][a-z0-9_]*|\{\{.*\}\}|<.*>|%\(?[a-z_]*\)?s?|(.)\1*"
@@ -168,20 +173,23 @@ _TAIL = re.compile(
     + r"|(?<![A-Za-z0-9])(?:"
     + prefix_pattern(_TOKEN_MARKERS)
     + r")\Z"
+    # URL user info still arriving: "://user:pa", or the "://" itself
+    + r"|:(?:/(?:/[^\s/:@]{0,64}(?::[^\s/@]{0,128})?)?)?\Z"
 )
-# A JWT is the longest token: 3 + 2000 + 1 + 6000 + 1 + 1000 characters.
+# A JWT is the longest token: 3 + 2000 + 1 + 6000 + 1 + 1000 characters;
+# none holds whitespace.
 _TAIL_WINDOW = 9010
 _ASSIGNMENT_TAIL = re.compile(
     r"(?<![A-Za-z0-9])(?:"
     + prefix_pattern(_KEY_NAMES)
     + r"|(?:"
     + "|".join(re.escape(k) for k in _KEY_NAMES)
-    + r")[\"']?[ \t]{0,8}(?:(?:=>|:=|=|:)[ \t]{0,8}"
-    + r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;]{0,256}))?)\Z",
+    + rf")[\"']?[ \t]{{0,8}}(?:{_OPERATOR}[ \t]{{0,8}}"
+    + r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;]{0,256})|[ \t](?:i|wa?))?)\Z",
     re.IGNORECASE,
 )
-# Key name (at most 11) + quote + blanks and operator (18) + quote and value (257).
-_ASSIGNMENT_WINDOW = 288
+# Key name (11) + quote + blanks, operator, blanks (8 + 21 + 8) + quote and value (257).
+_ASSIGNMENT_WINDOW = 306
 _BEGIN = "-----BEGIN"
 _BEGIN_TAIL = re.compile(r"(?:" + prefix_pattern([_BEGIN]) + r")\Z")
 # A header still arriving (up to the end of the text), or a whole one.
@@ -244,10 +252,13 @@ class SecretsFilter:
             if token.gate in text:
                 for marker in token.markers:
                     _find_token(token, marker, text, found)
-        if self._passwords and ("=" in text or ":" in text):
+        if self._passwords and ("=" in text or ":" in text or " is" in text or " was" in text):
             lowered = fold_case(text)
             if any(marker in lowered for marker in _KEY_MARKERS):
                 self._scan_assignments(text, lowered, found)
+            if "://" in text:
+                for m in _URL_PASSWORD.finditer(text):
+                    found.append(Span("PASSWORD", *m.span("value"), _PASSWORD_SCORE))
         return resolve(found, _RANK)
 
     def _scan_assignments(self, text: str, lowered: str, found: list[Span]) -> None:
@@ -275,7 +286,7 @@ class SecretsFilter:
             held = max(held, tail_holdback(_ASSIGNMENT_TAIL, text, _ASSIGNMENT_WINDOW, spaced))
         if self._keys:
             held = max(held, self._key_holdback(text))
-        return held
+        return clear_of_spans(text, held, self.scan(text)) if held < len(text) else held
 
     def _key_holdback(self, text: str) -> int:
         """Hold a private key block from its BEGIN line until its END line arrives."""
