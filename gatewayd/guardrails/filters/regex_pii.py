@@ -226,7 +226,7 @@ def _in_url(text: str, start: int) -> bool:
 
 def _find_emails(text: str, out: list[Span]) -> None:
     at = text.find("@")
-    while at > 0:
+    while at >= 0:
         start = _run_start(text, at, _NOT_LOCAL, 64)
         domain = _DOMAIN.match(text, at + 1) if 0 <= start < at else None
         if domain and not _in_url(text, start):

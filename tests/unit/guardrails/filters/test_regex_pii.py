@@ -67,6 +67,11 @@ def test_near_misses_are_not_findings(text: str) -> None:
     assert found(text) == []
 
 
+def test_an_at_sign_at_the_start_does_not_end_the_email_search() -> None:
+    """A handle at position 0 is skipped and the address after it is still found."""
+    assert found("@handle then bob@example.com") == [("EMAIL_ADDRESS", "bob@example.com")]
+
+
 def test_bare_ssn_needs_words_that_say_so() -> None:
     """Nine digits (or spaced groups) count as an SSN only after "SSN" or "social security"."""
     assert found("SSN: 536228147") == [("US_SSN", "536228147")]
