@@ -112,9 +112,9 @@ _CLAUSE_END = re.compile(r"[.!?\n][^.!?\n]*\Z")
 _WORD_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
-def _compile(rules: tuple[Rule, ...], heads: list[str]) -> tuple[re.Pattern[str], dict[str, Rule]]:
-    """One regex for the rules with these heads; an empty group at each rule's end
-    names it (one per head: a group name may occur only once)."""
+def _rules_pattern(rules: tuple[Rule, ...], heads: list[str]) -> tuple[str, dict[str, Rule]]:
+    """Regex source for the rules with these heads; an empty group at each rule's
+    end names it (one per head: a group name may occur only once)."""
     tails: dict[str, list[str]] = {}
     by_group: dict[str, Rule] = {}
     for i, rule in enumerate(rules):
@@ -126,7 +126,7 @@ def _compile(rules: tuple[Rule, ...], heads: list[str]) -> tuple[re.Pattern[str]
                 by_group[group] = rule
                 tails.setdefault(head, []).append(f"{rest}(?P<{group}>)")
     after = {head: "(?:" + "|".join(alts) + ")" for head, alts in tails.items()}
-    return re.compile(trie_pattern(heads, after)), by_group
+    return trie_pattern(heads, after), by_group
 
 
 class InjectionFilter:
@@ -146,9 +146,10 @@ class InjectionFilter:
         heads = sorted({head for rule in rules for head in rule.heads})
         words = [h for h in heads if h[0] in _WORD_CHARS]
         symbols = [h for h in heads if h[0] not in _WORD_CHARS]
-        after_word, self._word_rules = _compile(rules, words)
-        self._words = re.compile(f"[^a-z0-9_](?:{after_word.pattern})")
-        self._symbols, self._symbol_rules = _compile(rules, symbols)
+        word_rules, self._word_rules = _rules_pattern(rules, words)
+        self._words = re.compile(f"[^a-z0-9_](?:{word_rules})")
+        symbol_rules, self._symbol_rules = _rules_pattern(rules, symbols)
+        self._symbols = re.compile(symbol_rules)
         # Holdback: where a rule could start, or a head still arriving.
         self._heads = re.compile(
             rf"(?<![a-z0-9_])(?:{trie_pattern(words, {})})|(?:{trie_pattern(symbols, {})})",

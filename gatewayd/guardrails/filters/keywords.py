@@ -42,7 +42,7 @@ class KeywordsFilter:
         phrases = list(config.words)
         if config.file is not None:
             phrases += read_phrases(config.file)
-        # Lower-cased and deduplicated: the regex ignores case anyway.
+        # Lower-cased and deduplicated: they are matched against lower-cased text.
         folded = sorted({" ".join(p.lower().split()) for p in phrases} - {""})
         if too_long := sum(len(p) > MAX_PHRASE for p in folded):
             raise ValueError(f"{too_long} keyword phrase(s) longer than {MAX_PHRASE} characters")
