@@ -21,6 +21,7 @@ from gatewayd.config.schema import (
     SecretsFilterConfig,
 )
 from gatewayd.config.upstreams import read_breaker
+from gatewayd.guardrails.filters import regex_pii, secrets
 
 _ON_ERROR = v.choice("allow", "block")
 
@@ -42,7 +43,9 @@ def read_filters(root: Reader, base: Path) -> dict[str, FilterConfig]:
 
 
 def _pii(name: str, reader: Reader, base: Path) -> FilterConfig:
-    fields = reader.fields({"on_error": _ON_ERROR, "entities": Many(v.entity)})
+    fields = reader.fields(
+        {"on_error": _ON_ERROR, "entities": Many(v.known_entity(regex_pii.ENTITIES))}
+    )
     custom = reader.mapping("custom", v.entity, v.regex)
     if custom is not None:
         fields["custom"] = tuple(
@@ -52,7 +55,9 @@ def _pii(name: str, reader: Reader, base: Path) -> FilterConfig:
 
 
 def _secrets(name: str, reader: Reader, base: Path) -> FilterConfig:
-    fields = reader.fields({"on_error": _ON_ERROR, "entities": Many(v.entity)})
+    fields = reader.fields(
+        {"on_error": _ON_ERROR, "entities": Many(v.known_entity(secrets.ENTITIES))}
+    )
     return SecretsFilterConfig(name=name, **fields)
 
 

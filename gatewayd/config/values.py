@@ -177,6 +177,18 @@ def entity(scalar: Scalar) -> str:
     )
 
 
+def known_entity(names: frozenset[str]) -> Convert[str]:
+    """An entity type the filter kind can find, named as the filter names it."""
+
+    def convert(scalar: Scalar) -> str:
+        name = entity(scalar)
+        if name in names:
+            return name
+        raise ValueError(f"must be one of {', '.join(sorted(names))}; got {shown(name)}")
+
+    return convert
+
+
 def listen(scalar: Scalar) -> Listen:
     """HOST:PORT with an IP address or name; IPv6 in brackets; port 0 picks a free one."""
     written = scalar.text.strip()

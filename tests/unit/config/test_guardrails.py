@@ -333,3 +333,22 @@ def test_broken_filter_is_still_declared(write: Write, problems: Problems) -> No
         """,
     )
     assert [str(p) for p in problems(path)] == [f"{path}:2: filters.presidio.url: is required"]
+
+
+def test_unknown_builtin_entity_is_a_problem(write: Write, problems: Problems) -> None:
+    """A pii or secrets entity the filter cannot find is reported with its line, not at start."""
+    path = write(
+        "gatewayd.yaml",
+        """
+        filters:
+          pii:
+            kind: pii
+            entities: [EMAIL_ADDRESS, EMAIL_ADRESS]
+          keys:
+            kind: secrets
+            entities: [AWS_ACCESS_KEY, AWS_SECRET]
+        """,
+    )
+    found = [(p.line, p.key) for p in problems(path)]
+    assert found == [(4, "filters.pii.entities"), (7, "filters.keys.entities")]
+    assert "EMAIL_ADRESS" in str(problems(path)[0])
