@@ -68,10 +68,16 @@ class DaemonProcess:
 
 @pytest.fixture
 async def start_daemon(tmp_path: Path) -> AsyncIterator[object]:
-    """A factory: start_daemon(config text with {listen}) -> a running DaemonProcess."""
+    """A factory: start_daemon(config text with {listen}) -> a running DaemonProcess.
+
+    `env` adds to the process environment; with `ready=False` the factory
+    returns at once instead of waiting for READY=1 (for a start that fails).
+    """
     started: list[DaemonProcess] = []
 
-    async def start(text: str) -> DaemonProcess:
+    async def start(
+        text: str, *, env: dict[str, str] | None = None, ready: bool = True
+    ) -> DaemonProcess:
         port = free_port()
         config_path = tmp_path / "gatewayd.yaml"
         config_path.write_text(textwrap.dedent(text).replace("{listen}", f"127.0.0.1:{port}"))
@@ -80,15 +86,21 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[object]:
         notify.bind(str(notify_path))
         notify.setblocking(False)
         log_path = tmp_path / "gatewayd.log"
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "STATE_DIRECTORY": str(tmp_path)}
+        environ = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(notify_path),
+            "STATE_DIRECTORY": str(tmp_path),
+            **(env or {}),
+        }
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gatewayd", "-c", str(config_path),
-                stdout=log, stderr=log, env=env,
+                stdout=log, stderr=log, env=environ,
             )  # fmt: skip
         daemon = DaemonProcess(f"http://127.0.0.1:{port}", config_path, log_path, proc, notify)
         started.append(daemon)
-        await daemon.notifications("READY=1")
+        if ready:
+            await daemon.notifications("READY=1")
         return daemon
 
     yield start
