@@ -20,7 +20,6 @@ does): it imports the daemon, and with it prometheus_client.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -34,23 +33,17 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
-import uvloop
 from prometheus_client.multiprocess import mark_process_dead
 
 from gatewayd import systemd
 from gatewayd.config import load
 from gatewayd.config.schema import Config, Listen
-from gatewayd.daemon import Daemon
+from gatewayd.daemon import READY, RELOAD_FAILED, RELOADED, serve_worker
 from gatewayd.errors import ConfigError
 from gatewayd.observability import logging as gw_logging
 from gatewayd.observability import metrics
 
 log = logging.getLogger(__name__)
-
-# What a worker tells the arbiter, one byte each.
-READY = b"r"
-RELOADED = b"h"
-RELOAD_FAILED = b"f"
 
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 
@@ -65,8 +58,6 @@ RESPAWN_BACKOFF = 0.1
 # Past shutdown_timeout a worker still closes its audit writer (up to 5 s)
 # and its clients; after this much more it is killed.
 STOP_GRACE = 10.0
-# How often a worker checks that its arbiter is still there.
-ORPHAN_CHECK = 1.0
 
 
 def run(config: Config) -> int:
@@ -198,7 +189,7 @@ class Arbiter:
             for fd in (read, self._wakeup, self._wakeup_w, *pipes):
                 os.close(fd)
             self._selector.close()
-            code = _serve_worker(self._config, self._generation, report, self._pid)
+            code = serve_worker(self._config, self._generation, report, self._pid)
         except BaseException:
             log.exception("worker failed", extra={"fields": {"pid": os.getpid()}})
         finally:
@@ -355,62 +346,6 @@ class Arbiter:
             f"serving on {self._boot.server.listen} with {len(self._workers)} workers,"
             f" config generation {self._generation}"
         )
-
-
-class _Pipe:
-    """A worker's Supervisor: one byte to the arbiter per event, never to systemd."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def ready(self, status: str) -> None:
-        """Listening: the arbiter says READY=1 once every worker is."""
-        self._send(READY)
-
-    def reloading(self) -> None:
-        """Nothing: the arbiter said RELOADING=1 before it forwarded SIGHUP."""
-
-    def reloaded(self, ok: bool, status: str) -> None:
-        """The result the arbiter waits for before READY=1."""
-        self._send(RELOADED if ok else RELOAD_FAILED)
-
-    def stopping(self) -> None:
-        """Nothing: the arbiter said STOPPING=1 before it forwarded SIGTERM."""
-
-    def _send(self, event: bytes) -> None:
-        try:
-            os.write(self._fd, event)
-        except OSError:
-            # The arbiter is gone; the orphan check stops this worker.
-            log.debug("arbiter pipe closed", extra={"fields": {"pid": os.getpid()}})
-
-
-def _serve_worker(config: Config, generation: int, report: int, arbiter: int) -> int:
-    """Run one worker's Daemon on its own event loop; its exit code."""
-    daemon = Daemon(config, generation=generation, supervisor=_Pipe(report), reuse_port=True)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve_until_orphaned(daemon, arbiter))
-
-
-async def _serve_until_orphaned(daemon: Daemon, arbiter: int) -> int:
-    watch = asyncio.create_task(_watch_arbiter(arbiter))
-    try:
-        return await daemon.serve()
-    finally:
-        watch.cancel()
-
-
-async def _watch_arbiter(arbiter: int) -> None:
-    """Drain and exit, as on SIGTERM, once the arbiter is gone.
-
-    Polling getppid once a second rather than prctl(PR_SET_PDEATHSIG): no
-    ctypes, no race with an arbiter that died before the call, and the worker
-    drains its requests instead of being killed mid-stream.
-    """
-    while os.getppid() == arbiter:  # noqa: ASYNC110 - nothing announces a parent's death
-        await asyncio.sleep(ORPHAN_CHECK)
-    log.warning("arbiter is gone; stopping", extra={"fields": {"pid": os.getpid()}})
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:

@@ -37,6 +37,13 @@ from gatewayd.runtime import Runtime, RuntimeHolder, build_runtime
 
 log = logging.getLogger(__name__)
 
+# What a worker tells its arbiter (gatewayd.arbiter) through its pipe, one byte each.
+READY = b"r"
+RELOADED = b"h"
+RELOAD_FAILED = b"f"
+# How often a worker checks that its arbiter is still there.
+ORPHAN_CHECK = 1.0
+
 
 def make_runner(app: web.Application, server: ServerConfig) -> web.AppRunner:
     """The runner the daemon (and the tests) serve the app with."""
@@ -57,6 +64,34 @@ def run(config: Config) -> int:
     gw_logging.configure(config.logging)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(Daemon(config).serve())
+
+
+def serve_worker(config: Config, generation: int, report: int, arbiter: int) -> int:
+    """Serve as a forked worker of `arbiter` (a pid), reporting through the pipe fd `report`."""
+    daemon = Daemon(config, generation=generation, supervisor=ArbiterPipe(report), reuse_port=True)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve_until_orphaned(daemon, arbiter))
+
+
+async def _serve_until_orphaned(daemon: Daemon, arbiter: int) -> int:
+    watch = asyncio.create_task(_watch_arbiter(arbiter))
+    try:
+        return await daemon.serve()
+    finally:
+        watch.cancel()
+
+
+async def _watch_arbiter(arbiter: int) -> None:
+    """Drain and exit, as on SIGTERM, once the arbiter is gone.
+
+    Polling getppid once a second rather than prctl(PR_SET_PDEATHSIG): no
+    ctypes, no race with an arbiter that died before the call, and the worker
+    drains its requests instead of being killed mid-stream.
+    """
+    while os.getppid() == arbiter:  # noqa: ASYNC110 - nothing announces a parent's death
+        await asyncio.sleep(ORPHAN_CHECK)
+    log.warning("arbiter is gone; stopping", extra={"fields": {"pid": os.getpid()}})
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor(Protocol):
@@ -94,7 +129,37 @@ class Systemd:
         systemd.stopping()
 
 
+class ArbiterPipe:
+    """A worker's Supervisor: one byte to the arbiter per event, never to systemd."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def ready(self, status: str) -> None:
+        """Listening: the arbiter says READY=1 once every worker is."""
+        self._send(READY)
+
+    def reloading(self) -> None:
+        """Nothing: the arbiter said RELOADING=1 before it forwarded SIGHUP."""
+
+    def reloaded(self, ok: bool, status: str) -> None:
+        """The result the arbiter waits for before READY=1."""
+        self._send(RELOADED if ok else RELOAD_FAILED)
+
+    def stopping(self) -> None:
+        """Nothing: the arbiter said STOPPING=1 before it forwarded SIGTERM."""
+
+    def _send(self, event: bytes) -> None:
+        try:
+            os.write(self._fd, event)
+        except OSError:
+            # The arbiter is gone; the orphan check stops this worker.
+            log.debug("arbiter pipe closed", extra={"fields": {"pid": os.getpid()}})
+
+
 class Daemon:
+    """One serving process: the app on its listener, swapped runtimes, a signal queue."""
+
     def __init__(
         self,
         config: Config,
@@ -113,6 +178,7 @@ class Daemon:
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> int:
+        """Listen, report ready, then reload on HUP until TERM or INT drains; the exit code."""
         config = self._holder.current.config
         app = make_app(self._holder, self._audit)
         runner = make_runner(app, config.server)
