@@ -106,6 +106,8 @@ class GuardrailUnavailable(HTTPError):
 
 class UpstreamError(HTTPError):
     type = "server_error"
+    # Tries made before giving up, for the access log and the audit event.
+    attempts = 0
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -30,6 +30,7 @@ from gatewayd.errors import (
     NotFound,
     RequestTimeout,
     RequestTooLarge,
+    UpstreamError,
 )
 from gatewayd.exchange import CLIENT_CLOSED, Exchange, error_response, record
 from gatewayd.guardrails.pipeline import Guard, RequestResult
@@ -66,6 +67,8 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
                 response = await _proxy(request, runtime, ex)
         except HTTPError as exc:
             ex.error = exc.code
+            if isinstance(exc, UpstreamError):
+                ex.attempts = exc.attempts
             response = error_response(exc, ex.request_id)
             if exc.status in (408, 413):
                 # The rest of the body may still be coming: don't read it to

@@ -145,7 +145,9 @@ class Upstream:
                 attempt += 1
                 started = loop.time()
                 if started >= deadline:
-                    raise UpstreamTimeout(f"upstream {self.name}: total timeout exhausted")
+                    exhausted = UpstreamTimeout(f"upstream {self.name}: total timeout exhausted")
+                    exhausted.attempts = attempt - 1
+                    raise exhausted
                 try:
                     resp = await session.request(
                         method,
@@ -242,11 +244,15 @@ class Upstream:
 
     def _error(self, reason: str, attempts: int) -> UpstreamError:
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        error: UpstreamError
         if reason == TIMEOUT:
-            return UpstreamTimeout(f"upstream {self.name} timed out ({tries})")
-        if reason == CONNECT:
-            return UpstreamUnavailable(f"upstream {self.name} unreachable ({tries})")
-        return UpstreamUnavailable(f"upstream {self.name} sent an invalid response")
+            error = UpstreamTimeout(f"upstream {self.name} timed out ({tries})")
+        elif reason == CONNECT:
+            error = UpstreamUnavailable(f"upstream {self.name} unreachable ({tries})")
+        else:
+            error = UpstreamUnavailable(f"upstream {self.name} sent an invalid response")
+        error.attempts = attempts
+        return error
 
     def _watch_release(self, resp: aiohttp.ClientResponse) -> None:
         # In flight until the caller has read or dropped the body, which is

@@ -193,8 +193,10 @@ async def test_upstream_errors_are_relayed(tmp_path: Path, fake_upstream: FakeUp
 
 
 async def test_dead_upstream_is_a_fast_502(tmp_path: Path) -> None:
-    """Connection refused becomes 502 upstream_unavailable in well under a second."""
-    config = write_config(tmp_path, _config(tmp_path, f"http://127.0.0.1:{free_port()}"))
+    """Connection refused becomes a fast 502 upstream_unavailable; the audit counts the tries."""
+    text = _config(tmp_path, f"http://127.0.0.1:{free_port()}")
+    text = text.replace("attempts: 1", "attempts: 2\n              backoff_base: 1ms")
+    config = write_config(tmp_path, text)
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         started = time.monotonic()
         resp = await client.post(f"{gw.url}/v1/chat/completions", json=CHAT)
@@ -203,6 +205,8 @@ async def test_dead_upstream_is_a_fast_502(tmp_path: Path) -> None:
         error = (await resp.json())["error"]
         assert error["code"] == "upstream_unavailable"
         assert "sk-upstream-secret" not in error["message"]
+    event = orjson.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[0])
+    assert (event["status"], event["attempts"], event["error"]) == (502, 2, "upstream_unavailable")
 
 
 async def test_stalled_upstream_is_a_504(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
