@@ -182,6 +182,21 @@ async def test_slow_client_body_is_dropped(tmp_path: Path, fake_upstream: FakeUp
     assert fake_upstream.state.received == []
 
 
+async def test_slow_client_headers_are_dropped(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    """A client that never finishes its request headers is disconnected after read_timeout."""
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
+    async with running_gateway(config) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(4096), timeout=5) == b""
+        assert 0.5 < time.monotonic() - started < 3
+        writer.close()
+    assert fake_upstream.state.received == []
+
+
 async def test_upstream_errors_are_relayed(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
     """The upstream's own error status and body reach the client unchanged."""
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
