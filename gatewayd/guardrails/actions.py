@@ -10,8 +10,8 @@ twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from prometheus_client import Counter
 
@@ -49,6 +49,17 @@ class Located(Protocol):
         ...
 
 
+@runtime_checkable
+class OpenTail(Protocol):
+    """An inline filter that can also give its holdback before it is widened to
+    keep finished findings whole: a stream buffer, which has the findings at
+    hand, widens it itself and so saves the filter a second scan."""
+
+    def open_tail(self, text: str) -> int:
+        """The trailing characters that could still grow into a finding."""
+        ...
+
+
 class Rules:
     """A policy's actions per entity, resolved once per config generation."""
 
@@ -67,15 +78,18 @@ class Rules:
 class CompiledFilter:
     """A filter with what the pipeline needs about it looked up once."""
 
-    __slots__ = ("inline", "name", "on_error", "remote", "timer")
+    __slots__ = ("inline", "name", "on_error", "open_tail", "remote", "timer")
 
     def __init__(self, filter_: Filter, policy: PolicyConfig) -> None:
         self.name = filter_.name
         # Exactly one of the two is set; the protocol check runs here, once.
         self.inline: InlineFilter | None = None
         self.remote: RemoteFilter | None = None
+        self.open_tail: Callable[[str], int] | None = None
         if isinstance(filter_, InlineFilter):
             self.inline = filter_
+            if isinstance(filter_, OpenTail):
+                self.open_tail = filter_.open_tail
         elif isinstance(filter_, RemoteFilter):
             self.remote = filter_
         else:

@@ -2,7 +2,9 @@
 
 An inline filter's buffer releases everything but the characters that could
 still become part of a match: the filter's `holdback`, and any span that
-reaches into them or ends too close to the end of what has arrived. Spans in released text
+reaches into them or ends too close to the end of what has arrived. As it
+keeps spans whole itself, a filter's `open_tail` (the holdback before that
+widening, see actions.OpenTail) is enough, when the filter has one. Spans in released text
 are final, so they are acted on (counted, redacted, blocked) exactly once.
 
 A remote filter's buffer gathers text into segments (up to a sentence end, a
@@ -44,11 +46,12 @@ class FilterClock:
 class InlineBuffer:
     """Text an inline filter holds back until no later text can change its verdict."""
 
-    __slots__ = ("_context", "_filter", "_held", "_protected", "clock")
+    __slots__ = ("_context", "_filter", "_held", "_protected", "_tail", "clock")
 
     def __init__(self, clock: FilterClock, inline: InlineFilter) -> None:
         self.clock = clock
         self._filter = inline
+        self._tail = clock.compiled.open_tail or inline.holdback
         self._held = ""
         self._protected: Sequence[Range] = ()
         self._context = ""
@@ -70,10 +73,9 @@ class InlineBuffer:
         n = len(context)
         scanned = context + text
         size = len(scanned)
-        inline = self._filter
         start = time.perf_counter()
-        spans = inline.scan(scanned)
-        limit = size if final else max(n, size - inline.holdback(scanned))
+        spans = self._filter.scan(scanned)
+        limit = size if final else max(n, size - self._tail(scanned))
         self.clock.total += time.perf_counter() - start
         lo = hi = 0
         if spans:

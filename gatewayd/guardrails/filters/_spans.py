@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import pairwise
 
 from gatewayd.guardrails.types import Span
@@ -27,17 +27,21 @@ def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
     return kept
 
 
-def clear_of_spans(text: str, held: int, spans: list[Span]) -> int:
-    """`held`, widened so the release point does not fall inside one of `spans`.
+def clear_of_findings(text: str, held: int, scan: Callable[[str], list[Span]]) -> int:
+    """`held`, widened so the release point does not fall inside a finding `scan` makes.
 
     Tails look only for what could still grow; a tail may begin inside a
     finding that is already complete (the digits after an IBAN's letters, the
     dashes ending a private key), and releasing there would cut the finding.
+    A cut at either end of the text cuts nothing, so then nothing is scanned.
     """
-    cut = len(text) - held
-    for span in spans:
+    size = len(text)
+    if not 0 < held < size:
+        return held
+    cut = size - held
+    for span in scan(text):
         if span.start < cut < span.end:
-            return len(text) - span.start
+            return size - span.start
     return held
 
 

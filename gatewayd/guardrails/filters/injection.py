@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gatewayd.config.schema import InjectionFilterConfig, OnError
 from gatewayd.guardrails.filters._phrases import longest_match, prefix_pattern, trie_pattern
-from gatewayd.guardrails.filters._spans import clear_of_spans, fold_case, tail_holdback
+from gatewayd.guardrails.filters._spans import clear_of_findings, fold_case, tail_holdback
 from gatewayd.guardrails.types import Span
 
 # Rules are written with single spaces; each stands for 1-8 blanks (no newline),
@@ -183,6 +183,10 @@ class InjectionFilter:
 
     def holdback(self, text: str) -> int:
         """From the first head word in the unfinished sentence (or a head still arriving)."""
+        return clear_of_findings(text, self.open_tail(text), self.scan)
+
+    def open_tail(self, text: str) -> int:
+        """Where a rule could still complete, finished matches aside (see holdback)."""
         held = tail_holdback(self._head_tail, text, self._head_window)
         size = len(text)
         clause = _CLAUSE_END.search(text, max(0, size - _WINDOW))
@@ -190,4 +194,4 @@ class InjectionFilter:
         head = self._heads.search(text, start)
         if head is not None:
             held = max(held, size - head.start())
-        return clear_of_spans(text, held, self.scan(text)) if held < size else held
+        return held

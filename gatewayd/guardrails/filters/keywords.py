@@ -12,7 +12,7 @@ from gatewayd.guardrails.filters._phrases import (
     prefix_pattern,
     whole_pattern,
 )
-from gatewayd.guardrails.filters._spans import clear_of_spans, fold_case, tail_holdback
+from gatewayd.guardrails.filters._spans import clear_of_findings, fold_case, tail_holdback
 from gatewayd.guardrails.types import Span
 
 # Longer phrases would make the factored regex nest past what is sensible.
@@ -60,7 +60,10 @@ class KeywordsFilter:
 
     def holdback(self, text: str) -> int:
         """The trailing characters that begin (or are) a phrase: more text may complete it."""
+        return clear_of_findings(text, self.open_tail(text), self.scan)
+
+    def open_tail(self, text: str) -> int:
+        """The trailing characters that begin a phrase, finished ones aside (see holdback)."""
         if not self._phrases:
             return 0
-        held = tail_holdback(self._tail, text, self._window)
-        return clear_of_spans(text, held, self.scan(text)) if held < len(text) else held
+        return tail_holdback(self._tail, text, self._window)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from gatewayd.config.schema import OnError, PiiFilterConfig
 from gatewayd.guardrails.filters import _validators as v
-from gatewayd.guardrails.filters._spans import clear_of_spans, resolve, tail_holdback
+from gatewayd.guardrails.filters._spans import clear_of_findings, resolve, tail_holdback
 from gatewayd.guardrails.types import Span
 
 _A = re.ASCII
@@ -301,7 +301,11 @@ class PiiFilter:
 
     def holdback(self, text: str) -> int:
         """The trailing characters that are, or could still grow into, a finding."""
+        return clear_of_findings(text, self.open_tail(text), self.scan)
+
+    def open_tail(self, text: str) -> int:
+        """The trailing characters that could still grow into a finding (see holdback)."""
         held = tail_holdback(_TAIL, text, _TAIL_WINDOW, _TAIL_SPACED)
         if self._custom:
             held = max(held, tail_holdback(_CUSTOM_TAIL, text, _CUSTOM_WINDOW))
-        return clear_of_spans(text, held, self.scan(text)) if held < len(text) else held
+        return held

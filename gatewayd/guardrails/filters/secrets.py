@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from gatewayd.config.schema import OnError, SecretsFilterConfig
 from gatewayd.guardrails.filters._phrases import prefix_pattern, trie_pattern
-from gatewayd.guardrails.filters._spans import clear_of_spans, fold_case, resolve, tail_holdback
+from gatewayd.guardrails.filters._spans import (
+    clear_of_findings,
+    fold_case,
+    resolve,
+    tail_holdback,
+)
 from gatewayd.guardrails.types import Span
 
 Accept = Callable[[re.Match[str]], bool]
@@ -277,6 +282,10 @@ class SecretsFilter:
 
     def holdback(self, text: str) -> int:
         """The trailing characters that are, or could still grow into, a secret."""
+        return clear_of_findings(text, self.open_tail(text), self.scan)
+
+    def open_tail(self, text: str) -> int:
+        """The trailing characters that could still grow into a secret (see holdback)."""
         held = tail_holdback(_TAIL, text, _TAIL_WINDOW, spaced=0)
         if self._passwords:
             recent = text[-_ASSIGNMENT_WINDOW:].lower()
@@ -286,7 +295,7 @@ class SecretsFilter:
             held = max(held, tail_holdback(_ASSIGNMENT_TAIL, text, _ASSIGNMENT_WINDOW, spaced))
         if self._keys:
             held = max(held, self._key_holdback(text))
-        return clear_of_spans(text, held, self.scan(text)) if held < len(text) else held
+        return held
 
     def _key_holdback(self, text: str) -> int:
         """Hold a private key block from its BEGIN line until its END line arrives."""
