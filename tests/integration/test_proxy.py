@@ -338,3 +338,31 @@ async def test_metrics_parse_and_count_requests(
         assert name in families, name
     samples = families["gatewayd_requests"].samples
     assert any(s.labels == {"route": "v1", "status": "200"} and s.value >= 1 for s in samples)
+
+
+async def test_guarded_request_without_findings_is_forwarded_byte_for_byte(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """On a redacting route a request with nothing to redact goes upstream as the bytes sent."""
+    extra = """
+        filters:
+          pii:
+            kind: pii
+        policies:
+          guard:
+            mode: redact
+            input: [pii]
+            restore: true
+    """
+    text = _config(tmp_path, fake_upstream.url, extra=extra, route_extra="policy: guard")
+    config = write_config(tmp_path, text)
+    raw = b'{"model":"gpt-fake",  "messages":[{"role":"user","content":"plain words"}]}'
+    redactable = b'{"model":"gpt-fake",  "messages":[{"role":"user","content":"a@example.com"}]}'
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        headers = {"Content-Type": "application/json"}
+        resp = await client.post(f"{gw.url}/v1/chat/completions", data=raw, headers=headers)
+        assert resp.status == 200
+        assert fake_upstream.state.received[-1].body == raw
+        resp = await client.post(f"{gw.url}/v1/chat/completions", data=redactable, headers=headers)
+        assert resp.status == 200
+        assert b"<EMAIL_ADDRESS_1>" in fake_upstream.state.received[-1].body
