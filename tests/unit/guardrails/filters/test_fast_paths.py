@@ -12,10 +12,11 @@ import re
 
 import pytest
 
-from gatewayd.config.schema import CustomPattern, PiiFilterConfig
-from gatewayd.guardrails.filters import regex_pii
-from gatewayd.guardrails.filters._spans import resolve
+from gatewayd.config.schema import CustomPattern, PiiFilterConfig, SecretsFilterConfig
+from gatewayd.guardrails.filters import regex_pii, secrets
+from gatewayd.guardrails.filters._spans import fold_case, resolve
 from gatewayd.guardrails.filters.regex_pii import PiiFilter
+from gatewayd.guardrails.filters.secrets import SecretsFilter
 from gatewayd.guardrails.types import Span
 from tests.corpus.evaluate import CORPUS, load
 
@@ -33,8 +34,15 @@ PIECES = [value for s in SAMPLES for _, value in s.expected] + [
     "x@y.io",
     "İstanbul",
     "ß",
+    "xox",
+    "xoxq-1234567890abc",
+    "sk-",
+    "password is",
+    "TOKEN=",
+    "://u:",
+    "@h",
 ]
-ALPHABET = "AB12 (+.-:@xZ9Éa\n"
+ALPHABET = "AB12 (+.-:@xZ9Éa_=\n"
 
 
 def _texts(count: int = 1500) -> list[str]:
@@ -111,3 +119,31 @@ def test_the_digit_test_agrees_with_a_regex() -> None:
     digit = re.compile("[0-9]")
     for text in [*TEXTS, "", "٣", "x9"]:
         assert regex_pii._has_digit(text) is (digit.search(text) is not None)
+
+
+SECRETS = [
+    SecretsFilter(SecretsFilterConfig(name="secrets")),
+    SecretsFilter(SecretsFilterConfig(name="slack", entities=("SLACK_TOKEN", "PASSWORD"))),
+]
+
+
+def _every_secret_search(flt: SecretsFilter, text: str) -> list[Span]:
+    """What scan finds with every marker, assignment and URL search run on every text."""
+    found: list[Span] = []
+    for token in flt._tokens:
+        for marker in token.markers:
+            secrets._find_token(token, marker, text, text.find(marker), found)
+    if flt._passwords:
+        flt._scan_assignments(text, fold_case(text), found)
+        found += [
+            Span("PASSWORD", *m.span("value"), secrets._PASSWORD_SCORE)
+            for m in secrets._URL_PASSWORD.finditer(text)
+        ]
+    return resolve(found, secrets._RANK)
+
+
+@pytest.mark.parametrize("flt", SECRETS, ids=lambda f: f.name)
+def test_secret_gates_skip_only_what_finds_nothing(flt: SecretsFilter) -> None:
+    """The character, lead and key-name tests in front of each search change no result."""
+    for text in TEXTS:
+        assert flt.scan(text) == _every_secret_search(flt, text), text
