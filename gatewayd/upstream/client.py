@@ -59,6 +59,10 @@ _NOT_FORWARDED = (hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING, hdrs.A
 _PROTOCOL = "protocol"
 
 
+# Weight of the newest sample in the latency moving average (about the last 20).
+_LATENCY_WEIGHT = 0.05
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     """An upstream's answer with its headers read and its body still unread."""
@@ -86,6 +90,9 @@ class Upstream:
         self.breaker = CircuitBreaker(config.breaker, on_change=self._on_breaker_change)
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
+        # Moving average of time to response headers, for /health/detailed:
+        # probing an LLM API from a health check would cost real calls.
+        self._latency_ms: float | None = None
 
     async def start(self) -> None:
         """Create the pooled session; needs the running event loop."""
@@ -170,6 +177,7 @@ class Upstream:
                 else:
                     elapsed = loop.time() - started
                     self._duration.observe(elapsed)
+                    self._track_latency(elapsed * 1000.0)
                     status = resp.status
                     if status >= 500:
                         self.breaker.record_failure()
@@ -200,14 +208,22 @@ class Upstream:
     def status(self) -> dict[str, object]:
         """State for /health/detailed; holds no credentials."""
         requests, retries = self._budget.counts()
+        state = self.breaker.state
+        latency = self._latency_ms
         return {
-            "breaker": self.breaker.state.value,
+            "healthy": state is not BreakerState.OPEN,
+            "latency_ms": round(latency, 3) if latency is not None else None,
+            "breaker": state.value,
             "retry_after": round(self.breaker.retry_after(), 3),
             "targets": self._targets.labels,
             "in_flight": self._in_flight,
             "window_requests": requests,
             "window_retries": retries,
         }
+
+    def _track_latency(self, ms: float) -> None:
+        previous = self._latency_ms
+        self._latency_ms = ms if previous is None else previous + _LATENCY_WEIGHT * (ms - previous)
 
     def _outgoing_headers(self, headers: Mapping[str, str] | CIMultiDict[str]) -> CIMultiDict[str]:
         out = CIMultiDict(headers)

@@ -457,6 +457,7 @@ async def test_breaker_opens_refuses_and_recovers_through_half_open(
     for _ in range(2):
         assert await _get(upstream, "/status/500") == 500
     assert _state(upstream) is BreakerState.OPEN
+    assert upstream.status()["healthy"] is False
     assert _sample("gatewayd_circuit_open", **gauge) == 1
 
     with pytest.raises(UpstreamUnavailable) as caught:
@@ -532,9 +533,14 @@ async def test_status_reports_breaker_targets_and_in_flight(
     upstream = await make_upstream(
         _base(server), "https://user:pw@other.example/v1", api_key=API_KEY
     )
+    assert upstream.status()["latency_ms"] is None
     sent = await upstream.send("GET", "/stall-body", {}, b"")
     status = upstream.status()
+    latency = status.pop("latency_ms")
+    assert isinstance(latency, float)
+    assert latency > 0
     assert status == {
+        "healthy": True,
         "breaker": "closed",
         "retry_after": 0.0,
         "targets": [_base(server).rstrip("/"), "https://other.example/v1"],
