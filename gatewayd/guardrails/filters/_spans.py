@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from itertools import pairwise
+from operator import attrgetter
 
 from gatewayd.guardrails.types import Span
+
+_START = attrgetter("start")
 
 
 def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
     """Order spans by start and drop overlaps: the longer span wins, then the higher rank."""
     if len(candidates) < 2:
         return candidates
-    ordered = sorted(candidates, key=lambda s: s.start)
-    if all(a.end <= b.start for a, b in pairwise(ordered)):
+    ordered = sorted(candidates, key=_START)
+    # Disjoint is the usual case: one plain loop, no generator, decides it.
+    end = 0
+    for span in ordered:
+        if span.start < end:
+            break
+        end = span.end
+    else:
         return ordered
     by_strength = sorted(
         candidates, key=lambda s: (s.start - s.end, -rank.get(s.entity, 0), s.start)
@@ -23,7 +31,7 @@ def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
     for span in by_strength:
         if all(span.end <= k.start or span.start >= k.end for k in kept):
             kept.append(span)
-    kept.sort(key=lambda s: s.start)
+    kept.sort(key=_START)
     return kept
 
 

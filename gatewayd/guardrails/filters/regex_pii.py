@@ -41,9 +41,9 @@ _DOMAIN = re.compile(r"(?:[A-Za-z0-9-]{1,63}\.){1,6}[A-Za-z]{2,24}(?![A-Za-z0-9-
 # anchor can never have consumed (a run holds no letter).
 _ANCHOR = re.compile(r"[0-9(+](?:(?<=[A-Z][A-Z][0-9])[0-9]|[0-9 .()+-]{6,})")
 _CHECK_DIGITS = 2
-_SEPARATORS = str.maketrans("", "", " .()+-")
-# The same for a cluster's bytes (it is ASCII): bytes.translate is a table
-# lookup per byte, several times faster than str.translate.
+# Deleted from a cluster's bytes (it is ASCII) to count its digits:
+# bytes.translate is a table lookup per byte, several times faster than
+# str.translate.
 _SEPARATOR_BYTES = b" .()+-"
 
 PHONE = re.compile(
@@ -112,11 +112,13 @@ Accept = Callable[[str, re.Match[str]], int | None]
 
 
 def _accept_phone(text: str, m: re.Match[str]) -> int | None:
-    digits = m.group().translate(_SEPARATORS)
-    if m.group("intl"):
+    digits = m.group().encode().translate(None, _SEPARATOR_BYTES)
+    # The three forms are the pattern's only groups, so the last one is the form.
+    form = m.lastgroup
+    if form == "intl":
         ok = 8 <= len(digits) <= 15
-    elif m.group("nanp"):
-        ok = v.nanp_ok(digits[-10:])
+    elif form == "nanp":
+        ok = v.nanp_ok(digits[-10:].decode())
     else:
         ok = 10 <= len(digits) <= 11
     return m.end() if ok else None
@@ -250,12 +252,13 @@ def _in_url(text: str, start: int) -> bool:
     return text.find("://", word, start) >= 0
 
 
-def _find_emails(text: str, out: list[Span]) -> None:
+def _find_emails(text: str, out: list[Span], urls: bool) -> None:
+    """Append the emails in `text`; `urls` False says it has no URL to look at."""
     at = text.find("@")
     while at >= 0:
         start = _run_start(text, at, _NOT_LOCAL, 64)
         domain = _DOMAIN.match(text, at + 1) if 0 <= start < at else None
-        if domain and not _in_url(text, start):
+        if domain and not (urls and _in_url(text, start)):
             out.append(Span("EMAIL_ADDRESS", start, domain.end()))
             at = domain.end()
         at = text.find("@", at + 1)
@@ -298,7 +301,8 @@ class PiiFilter:
         """Every finding in `text`, ordered by start, overlaps resolved."""
         found: list[Span] = []
         if self._emails and "@" in text:
-            _find_emails(text, found)
+            # User info follows "://": without a colon no '@' is in a URL's.
+            _find_emails(text, found, ":" in text)
         if (self._anchors or self._ipv6) and _has_digit(text):
             if self._anchors:
                 self._scan_anchors(text, found)

@@ -98,7 +98,7 @@ def _every_search(flt: PiiFilter, text: str) -> list[Span]:
     """What scan finds with every search run on every text, no test deciding to skip one."""
     found: list[Span] = []
     if flt._emails:
-        regex_pii._find_emails(text, found)
+        regex_pii._find_emails(text, found, urls=True)
     flt._scan_anchors(text, found)
     if flt._ipv6:
         regex_pii._find_ipv6(text, found)
@@ -147,3 +147,26 @@ def test_secret_gates_skip_only_what_finds_nothing(flt: SecretsFilter) -> None:
     """The character, lead and key-name tests in front of each search change no result."""
     for text in TEXTS:
         assert flt.scan(text) == _every_secret_search(flt, text), text
+
+
+def _resolve_by_strength(candidates: list[Span], rank: dict[str, int]) -> list[Span]:
+    """Overlap resolution without the shortcut for disjoint spans."""
+    kept: list[Span] = []
+    for span in sorted(
+        candidates, key=lambda s: (s.start - s.end, -rank.get(s.entity, 0), s.start)
+    ):
+        if all(span.end <= k.start or span.start >= k.end for k in kept):
+            kept.append(span)
+    return sorted(kept, key=lambda s: s.start)
+
+
+def test_resolve_keeps_disjoint_spans_as_the_long_way_does() -> None:
+    """Disjoint candidates come back sorted; overlapping ones as ranked by strength."""
+    rng = random.Random(3)
+    rank = {"A": 2, "B": 1}
+    for _ in range(3000):
+        candidates = []
+        for _ in range(rng.randrange(0, 5)):
+            start = rng.randrange(0, 30)
+            candidates.append(Span(rng.choice("ABC"), start, start + rng.randrange(1, 8)))
+        assert resolve(candidates, rank) == _resolve_by_strength(candidates, rank), candidates
