@@ -53,20 +53,39 @@ def clear_of_findings(text: str, held: int, scan: Callable[[str], list[Span]]) -
     return held
 
 
-def tail_holdback(tail: re.Pattern[str], text: str, window: int, spaced: int | None = None) -> int:
+def tail_holdback(
+    tail: re.Pattern[str],
+    text: str,
+    window: int,
+    spaced: int | None = None,
+    runs: tuple[str, ...] = (),
+) -> int:
     """Length of the longest suffix of `text` that `tail` (anchored at the end) matches.
 
     No match of `tail` is longer than `window`, so the search starts that far
     from the end (look-behinds still see what precedes). When `spaced` is
     given, only matches at most that long may contain a space or newline, so
     the search starts at the last one of those if that is closer to the end.
+    When `runs` is given, every match is made of the characters of one of
+    those strings, so it starts within the text's trailing run of them, found
+    by str.rstrip: usually a few characters, where the regex would try every
+    position of the window.
     """
     size = len(text)
-    start = size - window
+    start = max(size - window, 0)
     if spaced is not None and size - spaced > start:
         space = max(text.rfind(" "), text.rfind("\n"))
         start = max(start, min(space + 1, size - spaced))
-    match = tail.search(text, max(start, 0))
+    if runs:
+        recent = text[start:]
+        longest = 0
+        for chars in runs:
+            longest = max(longest, len(recent) - len(recent.rstrip(chars)))
+        if not longest:
+            # Only an empty match could end the text, and it holds nothing.
+            return 0
+        start = size - longest
+    match = tail.search(text, start)
     return size - match.start() if match else 0
 
 

@@ -17,6 +17,7 @@ has a bounded length, so the tail is searched only over the last
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,6 +104,13 @@ _TAIL = re.compile(
 # grouped phone number the regex takes (56) and card (37).
 _TAIL_WINDOW = 473
 _TAIL_SPACED = 60
+# The characters each alternative above is made of, in order.
+_TAIL_RUNS = (
+    string.ascii_letters + string.digits + "._%+-@",
+    string.digits + " .()+-",
+    string.ascii_uppercase + string.digits + " ",
+    string.hexdigits + ":.",
+)
 # Custom patterns are opaque: hold back the trailing run without whitespace.
 _CUSTOM_TAIL = re.compile(r"\S{1,256}\Z")
 _CUSTOM_WINDOW = 256
@@ -339,7 +347,7 @@ class PiiFilter:
 
     def open_tail(self, text: str) -> int:
         """The trailing characters that could still grow into a finding (see holdback)."""
-        held = tail_holdback(_TAIL, text, _TAIL_WINDOW, _TAIL_SPACED)
+        held = tail_holdback(_TAIL, text, _TAIL_WINDOW, _TAIL_SPACED, _TAIL_RUNS)
         if self._custom:
             held = max(held, tail_holdback(_CUSTOM_TAIL, text, _CUSTOM_WINDOW))
         return held

@@ -14,7 +14,7 @@ import pytest
 
 from gatewayd.config.schema import CustomPattern, PiiFilterConfig, SecretsFilterConfig
 from gatewayd.guardrails.filters import regex_pii, secrets
-from gatewayd.guardrails.filters._spans import fold_case, resolve
+from gatewayd.guardrails.filters._spans import fold_case, resolve, tail_holdback
 from gatewayd.guardrails.filters.regex_pii import PiiFilter
 from gatewayd.guardrails.filters.secrets import SecretsFilter
 from gatewayd.guardrails.types import Span
@@ -170,3 +170,19 @@ def test_resolve_keeps_disjoint_spans_as_the_long_way_does() -> None:
             start = rng.randrange(0, 30)
             candidates.append(Span(rng.choice("ABC"), start, start + rng.randrange(1, 8)))
         assert resolve(candidates, rank) == _resolve_by_strength(candidates, rank), candidates
+
+
+def test_the_pii_tail_search_from_the_trailing_runs_finds_what_the_window_does() -> None:
+    """Starting the tail search where the characters' trailing runs start holds back the same."""
+    rng = random.Random(11)
+    texts = [text[:cut] for text in TEXTS for cut in {len(text), rng.randrange(len(text) + 1)}]
+    for text in texts:
+        fast = tail_holdback(
+            regex_pii._TAIL,
+            text,
+            regex_pii._TAIL_WINDOW,
+            regex_pii._TAIL_SPACED,
+            regex_pii._TAIL_RUNS,
+        )
+        slow = tail_holdback(regex_pii._TAIL, text, regex_pii._TAIL_WINDOW, regex_pii._TAIL_SPACED)
+        assert fast == slow, text
