@@ -21,7 +21,6 @@ from gatewayd.config.schema import (
     SecretsFilterConfig,
 )
 from gatewayd.config.upstreams import read_breaker
-from gatewayd.guardrails.filters import regex_pii, secrets
 
 _ON_ERROR = v.choice("allow", "block")
 
@@ -43,6 +42,9 @@ def read_filters(root: Reader, base: Path) -> dict[str, FilterConfig]:
 
 
 def _pii(name: str, reader: Reader, base: Path) -> FilterConfig:
+    # Imported here: the filters import the schema, which imports this package.
+    from gatewayd.guardrails.filters import regex_pii
+
     fields = reader.fields(
         {"on_error": _ON_ERROR, "entities": Many(v.known_entity(regex_pii.ENTITIES))}
     )
@@ -55,6 +57,8 @@ def _pii(name: str, reader: Reader, base: Path) -> FilterConfig:
 
 
 def _secrets(name: str, reader: Reader, base: Path) -> FilterConfig:
+    from gatewayd.guardrails.filters import secrets
+
     fields = reader.fields(
         {"on_error": _ON_ERROR, "entities": Many(v.known_entity(secrets.ENTITIES))}
     )
