@@ -121,7 +121,7 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
 
     headers = upstream_request_headers(request.headers, ex.request_id)
     output_guard = (
-        guard if checked is not None and guard is not None and guard.needs_output else None
+        guard if checked is not None and guard is not None and guard.wants_answer(checked) else None
     )
     if output_guard is not None:
         # The guard reads the answer's text, so it must arrive uncompressed.

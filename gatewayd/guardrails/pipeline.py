@@ -112,7 +112,6 @@ class Guard:
         "_output_remote",
         "_restore",
         "_rules",
-        "needs_output",
         "policy",
     )
 
@@ -129,8 +128,11 @@ class Guard:
         self._input_remote = any(f.remote is not None for f in self._input)
         self._output_remote = any(f.remote is not None for f in self._output)
         self._restore = active and policy.restore
-        # True if restore or output filters: the proxy must pass the answer through the guard.
-        self.needs_output = self._restore or bool(self._output)
+
+    def wants_answer(self, request: RequestResult) -> bool:
+        """Whether the answer to `request` has anything for this guard to do: output
+        filters, or placeholders to restore. If not, the proxy relays it untouched."""
+        return bool(self._output) or (self._restore and bool(request.redactions))
 
     async def inspect_request(self, raw: bytes, doc: dict[str, Any]) -> RequestResult:
         """Run the input filters over a parsed request; redactions change `doc` in place."""
@@ -155,7 +157,7 @@ class Guard:
         self, raw: bytes, doc: dict[str, Any], request: RequestResult
     ) -> ResponseResult:
         """Restore placeholders in a whole parsed answer, then run the output filters."""
-        if not self._output and not (self._restore and request.redactions):
+        if not self.wants_answer(request):
             return ResponseResult(ALLOW, raw)
         slots = response_texts(doc)
         if not slots:

@@ -63,7 +63,7 @@ async def test_mode_off_reads_nothing() -> None:
     assert result.body is raw
     assert result.verdict.allowed
     assert email.scanned == []
-    assert not guard.needs_output
+    assert not guard.wants_answer(result)
 
 
 async def test_monitor_counts_and_keeps_the_original_bytes() -> None:
@@ -268,7 +268,7 @@ async def test_response_restores_this_requests_placeholders() -> None:
     result = await guard.inspect_response(raw, doc, request)
     content = orjson.loads(result.body)["choices"][0]["message"]["content"]
     assert content == "Wrote a@x.io, not <EMAIL_ADDRESS_4>; called 555-1234."
-    assert guard.needs_output
+    assert guard.wants_answer(request)
 
 
 async def test_restored_values_are_not_redacted_or_counted_again() -> None:
@@ -320,8 +320,14 @@ async def test_remote_output_filter_batches_and_applies_on_error() -> None:
     assert result.verdict == Verdict(unavailable="remote")
 
 
-async def test_needs_output_only_with_restore_or_output_filters() -> None:
-    """The proxy passes the answer through the guard only when it has work to do."""
-    assert not Guard(_policy(), _filters()).needs_output
-    assert Guard(_policy(restore=True), _filters()).needs_output
-    assert Guard(_policy(input=(), output=("email",)), _filters()).needs_output
+async def test_wants_answer_only_with_output_filters_or_placeholders_to_restore() -> None:
+    """The proxy hands the answer to the guard only when there is work: filters or restores."""
+    plain = Guard(_policy(), _filters())
+    restoring = Guard(_policy(restore=True), _filters())
+    filtering = Guard(_policy(input=(), output=("email",)), _filters())
+    nothing = await restoring.inspect_request(*_chat("no personal data here"))
+    redacted = await _redacted(restoring, "mail a@x.io")
+    assert not plain.wants_answer(redacted)
+    assert not restoring.wants_answer(nothing)
+    assert restoring.wants_answer(redacted)
+    assert filtering.wants_answer(await filtering.inspect_request(*_chat("hello")))
