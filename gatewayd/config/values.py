@@ -103,18 +103,21 @@ def number(
     return convert
 
 
+def _with_unit(scalar: Scalar, parse: Callable[[str | int | float], T]) -> T:
+    """A YAML number as it is, or the written text (`5s`, `8MiB`) parsed; errors quote it."""
+    value = scalar.value
+    raw = value if isinstance(value, int | float) and not isinstance(value, bool) else scalar.text
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, got {shown(scalar.text)}") from None
+
+
 def duration(*, positive: bool = False) -> Convert[float]:
     """Seconds from `250ms`, `5s`, `2m`, `1h` or a bare number; `positive` forbids 0."""
 
     def convert(scalar: Scalar) -> float:
-        value = scalar.value
-        raw = (
-            value if isinstance(value, int | float) and not isinstance(value, bool) else scalar.text
-        )
-        try:
-            seconds = parse_duration(raw)
-        except ValueError as exc:
-            raise ValueError(f"{exc}, got {shown(scalar.text)}") from None
+        seconds = _with_unit(scalar, parse_duration)
         if positive and seconds == 0:
             raise ValueError("must be longer than 0s")
         return seconds
@@ -126,14 +129,7 @@ def size(low: int = 0) -> Convert[int]:
     """Bytes from `8MiB`, `512KiB`, `10MB` or a bare integer, at least `low`."""
 
     def convert(scalar: Scalar) -> int:
-        value = scalar.value
-        raw = (
-            value if isinstance(value, int | float) and not isinstance(value, bool) else scalar.text
-        )
-        try:
-            result = parse_size(raw)
-        except ValueError as exc:
-            raise ValueError(f"{exc}, got {shown(scalar.text)}") from None
+        result = _with_unit(scalar, parse_size)
         _check_range(result, low, None, above=False)
         return result
 
