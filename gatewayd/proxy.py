@@ -10,7 +10,6 @@ once and re-serialised only by a guardrail that rewrote it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -222,8 +221,28 @@ def _enforce(verdict: Verdict, guard: Guard, stage: str) -> None:
         )
 
 
-def _record_usage(ex: Exchange, doc: object) -> None:
-    usage = doc.get("usage") if isinstance(doc, dict) else None
+def usage_of(raw: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a JSON answer, without parsing the whole answer.
+
+    OpenAI-compatible APIs put `usage` last; its object then runs from the
+    brace after the key to just before the answer's own closing brace. An
+    answer laid out otherwise yields None rather than a wrong count.
+    """
+    at = raw.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = raw.find(b"{", at)
+    end = raw.rstrip().rfind(b"}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        usage = orjson.loads(raw[start:end])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _record_usage(ex: Exchange, usage: object) -> None:
     if isinstance(usage, dict):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         ex.prompt_tokens = prompt if isinstance(prompt, int) else None
@@ -247,8 +266,7 @@ async def _relay_plain(
         raw = await response.read()
         ex.bytes_out = len(raw)
         if response.ok and _is_json(response.headers.get("Content-Type", "")):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                _record_usage(ex, orjson.loads(raw))
+            _record_usage(ex, usage_of(raw))
         return web.Response(status=response.status, body=raw, headers=out_headers)
     out = web.StreamResponse(status=response.status, headers=out_headers)
     if length is not None:
@@ -276,7 +294,7 @@ async def _relay_guarded(
         doc = None
     body = raw
     if isinstance(doc, dict):
-        _record_usage(ex, doc)
+        _record_usage(ex, doc.get("usage"))
         result = await guard.inspect_response(raw, doc, checked)
         _enforce(result.verdict, guard, "response")
         body = result.body
