@@ -242,6 +242,18 @@ def usage_of(raw: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+def _stream_usage(tail: bytes) -> dict[str, Any] | None:
+    """The usage object of the last SSE event that has one, in the stream's tail."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = tail.rfind(b"data:", 0, at)
+    end = tail.find(b"\n", at)
+    if start < 0:
+        return None
+    return usage_of(tail[start + 5 : end if end >= 0 else len(tail)].strip())
+
+
 def _record_usage(ex: Exchange, usage: object) -> None:
     if isinstance(usage, dict):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -317,12 +329,15 @@ async def _relay_stream(
     _summarise(out_headers, guard, ex)
     out = web.StreamResponse(status=response.status, headers=out_headers)
     await out.prepare(request)
+    # The last two chunks sent, for the usage the final event carries.
+    previous = last = b""
     try:
         async for chunk in response.content.iter_any():
             data = await stream_guard.feed(chunk) if stream_guard is not None else chunk
             if data:
                 await out.write(data)
                 ex.bytes_out += len(data)
+                previous, last = last, data
             if stream_guard is not None and not stream_guard.verdict.allowed:
                 ex.error = (
                     GuardrailUnavailable.code
@@ -333,7 +348,9 @@ async def _relay_stream(
         if stream_guard is not None and (tail := await stream_guard.finish()):
             await out.write(tail)
             ex.bytes_out += len(tail)
+            previous, last = last, tail
         await out.write_eof()
+        _record_usage(ex, _stream_usage(previous + last))
     except ConnectionResetError:
         # The client went away mid-stream; the caller closes the upstream.
         ex.status = CLIENT_CLOSED

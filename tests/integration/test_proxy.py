@@ -252,6 +252,10 @@ async def test_stream_is_forwarded_event_by_event(
         total = time.monotonic() - started
     assert first.startswith(b"data: ")
     assert b"data: [DONE]" in rest
+    event = orjson.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[0])
+    assert event["stream"] is True
+    assert event["prompt_tokens"] > 0
+    assert event["completion_tokens"] == len("You said: hello there") // 4
     # "You said: hello there" is 21 characters, 4 per event, 0.1 s apart.
     assert total > 0.5
     assert first_at < 0.2
