@@ -249,7 +249,9 @@ class Daemon:
         self._holder.current = runtime
         gw_logging.configure(config.logging)
         metrics.CONFIG_GENERATION.set(self._generation)
-        task = asyncio.create_task(old.close(drain_timeout=config.server.shutdown_timeout))
+        # Like nginx's old workers, the old generation lives until its last
+        # request ends (long streams included), which total_timeout bounds.
+        task = asyncio.create_task(old.close(drain_timeout=old.longest_request))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
         log.info(

@@ -62,6 +62,13 @@ class Runtime:
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def longest_request(self) -> float:
+        """No request of this generation can outlive this many seconds: each is
+        bounded by its upstream's total_timeout (plus the body read before it)."""
+        totals = [u.total_timeout for u in self.config.upstreams.values()]
+        return max(totals, default=0.0) + self.config.server.read_timeout
+
     async def start(self) -> None:
         """Open upstream pools and remote filters; on failure close what opened."""
         opened: list[Startable] = []

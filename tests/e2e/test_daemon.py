@@ -90,20 +90,22 @@ async def test_sdk_sees_gateway_errors_in_openai_shape(
 async def test_sighup_applies_a_good_config_and_keeps_open_streams(
     start_daemon: StartDaemon, fake_upstream: FakeUpstream, aiohttp_server: object
 ) -> None:
-    """After SIGHUP new requests use the new config; a stream begun before ends on the old."""
+    """After SIGHUP new requests use the new config; a stream begun before ends on the old,
+    however long past shutdown_timeout it runs."""
     from tests.fakes.openai_upstream import FakeState, make_app
 
-    daemon = await start_daemon(_config(fake_upstream.url))
+    daemon = await start_daemon(_config(fake_upstream.url, shutdown="1s"))
     second_state = FakeState()
     second = await aiohttp_server(make_app(second_state))  # type: ignore[operator]
-    fake_upstream.state.event_delay = 0.1
+    # Nine events 0.25 s apart: the stream outlives shutdown_timeout after the reload.
+    fake_upstream.state.event_delay = 0.25
     fake_upstream.state.answer = "slow answer from the first upstream"
 
     client = _sdk(daemon)
     stream = await client.chat.completions.create(
         model="gpt-fake", messages=[{"role": "user", "content": "x"}], stream=True
     )
-    daemon.write_config(_config(f"http://127.0.0.1:{second.port}"))
+    daemon.write_config(_config(f"http://127.0.0.1:{second.port}", shutdown="1s"))
     daemon.signal(signal.SIGHUP)
     messages = await daemon.notifications("READY=1", count=2)
     reload_msg = next(m for m in messages if "RELOADING=1" in m)
