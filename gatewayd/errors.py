@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 
 class GatewayError(Exception):
     """Base of everything gatewayd raises on purpose."""
@@ -62,6 +64,21 @@ class HTTPError(GatewayError):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    def payload(self) -> dict[str, dict[str, str | None]]:
+        """The OpenAI error object SDKs parse: {"error": {message, type, param, code}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def sse_event(self) -> bytes:
+        """The error as the one SSE event that ends a stream (SDKs raise APIError)."""
+        return b"data: " + orjson.dumps(self.payload()) + b"\n\n"
 
 
 class BadRequest(HTTPError):

@@ -49,6 +49,9 @@ class Exchange:
     completion_tokens: int | None = None
     summary: Summary | None = None
     error: str | None = None
+    # Response headers already went out: a failure can no longer become an
+    # error response, only an error event (SSE) or a cut connection.
+    prepared: bool = False
 
     @property
     def action(self) -> str:
@@ -63,19 +66,9 @@ class Exchange:
 
 def error_response(exc: HTTPError, request_id: str) -> web.Response:
     """The OpenAI-shaped JSON error SDKs know how to parse."""
-    body = orjson.dumps(
-        {
-            "error": {
-                "message": exc.message,
-                "type": exc.type,
-                "param": exc.param,
-                "code": exc.code,
-            }
-        }
-    )
     return web.Response(
         status=exc.status,
-        body=body,
+        body=orjson.dumps(exc.payload()),
         content_type="application/json",
         headers={REQUEST_ID: request_id},
     )

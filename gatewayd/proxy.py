@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -30,6 +30,8 @@ from gatewayd.errors import (
     RequestTimeout,
     RequestTooLarge,
     UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from gatewayd.exchange import CLIENT_CLOSED, Exchange, error_response, record
 from gatewayd.guardrails.pipeline import Guard, RequestResult
@@ -68,6 +70,9 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
             ex.error = exc.code
             if isinstance(exc, UpstreamError):
                 ex.attempts = exc.attempts
+            if ex.prepared:
+                _cut(ex, request, runtime, audit)
+                raise
             response = error_response(exc, ex.request_id)
             if exc.status in (408, 413):
                 # The rest of the body may still be coming: don't read it to
@@ -81,12 +86,22 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
             log.exception("unhandled error", extra={"fields": {"request_id": ex.request_id}})
             err = HTTPError("the gateway failed to handle the request")
             ex.error = err.code
+            if ex.prepared:
+                _cut(ex, request, runtime, audit)
+                raise
             response = error_response(err, ex.request_id)
         ex.status = response.status
         record(ex, request, runtime.config.server, audit)
         return response
 
     return handle
+
+
+def _cut(ex: Exchange, request: web.Request, runtime: Runtime, audit: AuditWriter) -> None:
+    """Account for an answer that broke off after its headers (and status) were
+    sent; the caller re-raises, and aiohttp then closes the connection, so the
+    client sees an incomplete body instead of a silently truncated one."""
+    record(ex, request, runtime.config.server, audit)
 
 
 async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
@@ -209,16 +224,9 @@ def _parse_request(request: web.Request, body: bytes, *, guarded: bool) -> dict[
 
 def _enforce(verdict: Verdict, guard: Guard, stage: str) -> None:
     """Turn a refusing verdict into the error the client gets; values never appear."""
-    if verdict.unavailable is not None:
-        raise GuardrailUnavailable(
-            f"guardrail filter '{verdict.unavailable}' of policy '{guard.policy.name}' "
-            "is unavailable"
-        )
-    if verdict.blocked:
-        fields = f" in {', '.join(verdict.blocked_fields)}" if verdict.blocked_fields else ""
-        raise GuardrailViolation(
-            f"{stage} blocked by policy '{guard.policy.name}': {', '.join(verdict.blocked)}{fields}"
-        )
+    error = verdict.as_error(guard.policy.name, stage)
+    if error is not None:
+        raise error
 
 
 def usage_of(raw: bytes) -> dict[str, Any] | None:
@@ -284,7 +292,8 @@ async def _relay_plain(
     if length is not None:
         out.content_length = length
     await out.prepare(request)
-    async for chunk in response.content.iter_any():
+    ex.prepared, ex.status = True, out.status
+    async for chunk in _upstream_chunks(response, ex):
         await out.write(chunk)
         ex.bytes_out += len(chunk)
     await out.write_eof()
@@ -329,10 +338,11 @@ async def _relay_stream(
     _summarise(out_headers, guard, ex)
     out = web.StreamResponse(status=response.status, headers=out_headers)
     await out.prepare(request)
+    ex.prepared, ex.status = True, out.status
     # The last two chunks sent, for the usage the final event carries.
     previous = last = b""
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in _upstream_chunks(response, ex):
             data = await stream_guard.feed(chunk) if stream_guard is not None else chunk
             if data:
                 await out.write(data)
@@ -351,8 +361,24 @@ async def _relay_stream(
             previous, last = last, tail
         await out.write_eof()
         _record_usage(ex, _stream_usage(previous + last))
+    except UpstreamError as exc:
+        # Headers are out: the stream ends with the error as its last event.
+        ex.error = exc.code
+        await out.write(exc.sse_event())
+        await out.write_eof()
     except ConnectionResetError:
         # The client went away mid-stream; the caller closes the upstream.
         ex.status = CLIENT_CLOSED
         raise
     return out
+
+
+async def _upstream_chunks(response: aiohttp.ClientResponse, ex: Exchange) -> AsyncIterator[bytes]:
+    """The upstream body as it arrives; breaking off becomes an UpstreamError."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"upstream {ex.upstream} stalled mid-answer") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"upstream {ex.upstream} broke off mid-answer") from exc

@@ -372,21 +372,8 @@ class StreamGuard:
 
     def _error_event(self) -> bytes:
         """One OpenAI-style error event; it names entity types and fields, never a value."""
-        verdict = self.verdict
-        if verdict.unavailable is not None:
-            message = (
-                f"guardrail filter '{verdict.unavailable}' of policy '{self._policy}' "
-                "is unavailable"
-            )
-            kind, code = "server_error", "guardrail_unavailable"
-        else:
-            message = (
-                f"response blocked by policy '{self._policy}': {', '.join(verdict.blocked)}"
-                f" in {', '.join(verdict.blocked_fields)}"
-            )
-            kind, code = "invalid_request_error", "guardrail_violation"
-        error = {"message": message, "type": kind, "param": None, "code": code}
-        return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+        error = self.verdict.as_error(self._policy, "response")
+        return error.sse_event() if error is not None else b""
 
     def _observe(self) -> None:
         """Each filter's time on this stream, observed once."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from gatewayd.config.schema import Action, OnError
+from gatewayd.errors import GuardrailUnavailable, GuardrailViolation, HTTPError
 
 
 class Stage(enum.Enum):
@@ -137,6 +138,20 @@ class Verdict:
     @property
     def allowed(self) -> bool:
         return not self.blocked and self.unavailable is None
+
+    def as_error(self, policy: str, stage: str) -> HTTPError | None:
+        """What the client is told when this verdict refuses `stage` ("request" or
+        "response"): entity types and fields, never a value. None when allowed."""
+        if self.unavailable is not None:
+            return GuardrailUnavailable(
+                f"guardrail filter '{self.unavailable}' of policy '{policy}' is unavailable"
+            )
+        if self.blocked:
+            fields = f" in {', '.join(self.blocked_fields)}" if self.blocked_fields else ""
+            return GuardrailViolation(
+                f"{stage} blocked by policy '{policy}': {', '.join(self.blocked)}{fields}"
+            )
+        return None
 
 
 ALLOW = Verdict()

@@ -45,6 +45,8 @@ class FakeState:
     answer: str | None = None
     # Print each request body to stdout (the demo shows what arrived).
     log_bodies: bool = False
+    # Cut the connection after this many content events or body chunks.
+    break_after: int | None = None
 
 
 STATE = web.AppKey("state", FakeState)
@@ -131,7 +133,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(event({"role": "assistant", "content": ""}))
         step = max(1, state.chunk_chars)
-        for i in range(0, len(answer), step):
+        for n, i in enumerate(range(0, len(answer), step)):
+            if n == state.break_after:
+                _cut(request)
+                return response
             if state.event_delay:
                 await asyncio.sleep(state.event_delay)
             await response.write(event({"content": answer[i : i + step]}))
@@ -141,6 +146,27 @@ async def chat(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         state.stream_aborted.set()
         raise
+    return response
+
+
+def _cut(request: web.Request) -> None:
+    """Drop the connection mid-answer, as a crashing upstream would."""
+    assert request.transport is not None
+    request.transport.abort()
+
+
+async def file_content(request: web.Request) -> web.StreamResponse:
+    """A chunked binary body of 8 chunks of 1 KiB (not JSON, not SSE)."""
+    state = request.app[STATE]
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for n in range(8):
+        if n == state.break_after:
+            _cut(request)
+            return response
+        await response.write(bytes([n]) * 1024)
+        await asyncio.sleep(0.01)
+    await response.write_eof()
     return response
 
 
@@ -197,6 +223,7 @@ def make_app(state: FakeState | None = None) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/files/{file_id}/content", file_content)
     return app
 
 

@@ -370,3 +370,36 @@ async def test_guarded_request_without_findings_is_forwarded_byte_for_byte(
         resp = await client.post(f"{gw.url}/v1/chat/completions", data=redactable, headers=headers)
         assert resp.status == 200
         assert b"<EMAIL_ADDRESS_1>" in fake_upstream.state.received[-1].body
+
+
+async def test_upstream_breaking_off_a_stream_ends_it_with_an_error_event(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """An upstream that dies mid-stream leaves the client an error event and a finished stream."""
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
+    fake_upstream.state.break_after = 2
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        resp = await client.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "stream": True})
+        body = await asyncio.wait_for(resp.read(), timeout=5)
+    events = [e for e in body.split(b"\n\n") if e]
+    error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_unavailable"
+    assert b"[DONE]" not in body
+    audit = orjson.loads((tmp_path / "audit.jsonl").read_bytes().splitlines()[0])
+    assert (audit["status"], audit["error"]) == (200, "upstream_unavailable")
+
+
+async def test_upstream_breaking_off_a_body_cuts_the_client_connection(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """A relayed body the upstream breaks off reaches the client incomplete, never as if whole."""
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
+    fake_upstream.state.break_after = 3
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        resp = await client.get(f"{gw.url}/v1/files/f1/content")
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), timeout=5)
+        fake_upstream.state.break_after = None
+        whole = await client.get(f"{gw.url}/v1/files/f1/content")
+        assert len(await whole.read()) == 8 * 1024
