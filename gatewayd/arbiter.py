@@ -99,6 +99,7 @@ class Arbiter:
         self._hup_wanted = False
         self._reloading = False
         self._reload_failures = 0
+        self._reload_deadline = 0.0
         self._crashes: deque[float] = deque()
         self._respawns: list[float] = []
 
@@ -138,14 +139,18 @@ class Arbiter:
             self._spawn()
         if self._stopping and not self._killed and now >= self._stop_deadline:
             self._kill_stragglers()
+        if self._reloading and now >= self._reload_deadline:
+            self._give_up_on_reports()
         if self._hup_wanted:
             self._reload()
 
     def _timeout(self) -> float | None:
-        """Until the next respawn or the stop deadline; None waits for an event."""
+        """Until the next respawn, stop or reload deadline; None waits for an event."""
         due = self._respawns[:1]
         if self._stopping and not self._killed:
             due = [*due, self._stop_deadline]
+        if self._reloading:
+            due = [*due, self._reload_deadline]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _on_signal(self, signum: int) -> None:
@@ -304,9 +309,24 @@ class Arbiter:
         self._generation += 1
         self._reloading = True
         self._reload_failures = 0
+        # A worker builds its new config in well under this; one that has not
+        # answered by then must not leave systemd waiting in "reloading".
+        self._reload_deadline = time.monotonic() + self._config.server.shutdown_timeout
         for worker in self._workers.values():
             worker.reloads += 1
             _signal(worker.pid, signal.SIGHUP)
+        self._check_reloaded()
+
+    def _give_up_on_reports(self) -> None:
+        """Count the workers that never reported their reload as failed ones."""
+        for worker in self._workers.values():
+            if worker.reloads > 0:
+                log.error(
+                    "worker did not report its reload in time",
+                    extra={"fields": {"worker_pid": worker.pid}},
+                )
+                worker.reloads = 0
+                self._reload_failures += 1
         self._check_reloaded()
 
     def _check_reloaded(self) -> None:

@@ -459,3 +459,22 @@ def test_two_processes_appending_to_one_audit_file_never_interleave_lines(
     assert all(len(block) == 1 for block in blocks)
     order = [block.pop() for block in blocks]
     assert sum(x != y for x, y in itertools.pairwise(order)) >= 2
+
+
+async def test_a_worker_that_never_reports_its_reload_does_not_stall_systemd(
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A worker silent after SIGHUP is logged and the reload counted failed after
+    shutdown_timeout; READY=1 still comes, so systemd does not stay in "reloading"."""
+    text = _config(fake_upstream.url).replace("shutdown_timeout: 5s", "shutdown_timeout: 1s")
+    daemon = await _start(start_daemon, tmp_path, text)
+    stuck = min(_children(daemon.proc.pid))
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        daemon.signal(signal.SIGHUP)
+        await daemon.notifications("READY=1", count=2)
+        silent = [r for r in _records(daemon) if r["msg"].startswith("worker did not report")]
+        assert [r["worker_pid"] for r in silent] == [stuck]
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    assert await daemon.metric("gatewayd_config_reloads_total", {"result": "error"}) == 1
