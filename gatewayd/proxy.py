@@ -66,42 +66,34 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
         try:
             with runtime.serving():
                 response = await _proxy(request, runtime, ex)
-        except HTTPError as exc:
-            ex.error = exc.code
-            if isinstance(exc, UpstreamError):
-                ex.attempts = exc.attempts
-            if ex.prepared:
-                _cut(ex, request, runtime, audit)
-                raise
-            response = error_response(exc, ex.request_id)
-            if exc.status in (408, 413):
-                # The rest of the body may still be coming: don't read it to
-                # keep the connection.
-                response.force_close()
         except (asyncio.CancelledError, ConnectionResetError):
             ex.status, ex.error = CLIENT_CLOSED, "client_closed"
             record(ex, request, runtime.config.server, audit)
             raise
-        except Exception:
-            log.exception("unhandled error", extra={"fields": {"request_id": ex.request_id}})
-            err = HTTPError("the gateway failed to handle the request")
-            ex.error = err.code
+        except Exception as exc:
+            if isinstance(exc, HTTPError):
+                error = exc
+                if isinstance(exc, UpstreamError):
+                    ex.attempts = exc.attempts
+            else:
+                log.exception("unhandled error", extra={"fields": {"request_id": ex.request_id}})
+                error = HTTPError("the gateway failed to handle the request")
+            ex.error = error.code
             if ex.prepared:
-                _cut(ex, request, runtime, audit)
+                # Status and headers are out. Re-raised, aiohttp closes the
+                # connection: the client sees an incomplete body, not a whole one.
+                record(ex, request, runtime.config.server, audit)
                 raise
-            response = error_response(err, ex.request_id)
+            response = error_response(error, ex.request_id)
+            if error.status in (408, 413):
+                # The rest of the body may still be coming: don't read it to
+                # keep the connection.
+                response.force_close()
         ex.status = response.status
         record(ex, request, runtime.config.server, audit)
         return response
 
     return handle
-
-
-def _cut(ex: Exchange, request: web.Request, runtime: Runtime, audit: AuditWriter) -> None:
-    """Account for an answer that broke off after its headers (and status) were
-    sent; the caller re-raises, and aiohttp then closes the connection, so the
-    client sees an incomplete body instead of a silently truncated one."""
-    record(ex, request, runtime.config.server, audit)
 
 
 async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
