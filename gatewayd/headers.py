@@ -24,8 +24,12 @@ HOP_BY_HOP = frozenset(
 
 # Not hop-by-hop, but the gateway sets them itself: Host from the upstream
 # URL, Authorization from the upstream's key (the client's is never sent on),
-# Content-Length from the body it actually forwards.
-_REQUEST_DROP = tuple(HOP_BY_HOP | {"host", "authorization", "content-length", "expect"})
+# Content-Length from the body it actually forwards. That body is always the
+# decoded one (aiohttp inflates gzip/deflate request bodies, and the guardrails
+# read and the size limit counts the text), so its Content-Encoding goes too.
+_REQUEST_DROP = tuple(
+    HOP_BY_HOP | {"host", "authorization", "content-length", "content-encoding", "expect"}
+)
 _RESPONSE_DROP = tuple(HOP_BY_HOP | {"content-length", "server", "date"})
 
 REQUEST_ID = "X-Request-Id"

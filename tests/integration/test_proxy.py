@@ -403,3 +403,31 @@ async def test_upstream_breaking_off_a_body_cuts_the_client_connection(
         fake_upstream.state.break_after = None
         whole = await client.get(f"{gw.url}/v1/files/f1/content")
         assert len(await whole.read()) == 8 * 1024
+
+
+async def test_compressed_request_body_is_forwarded_decoded(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """A gzip request body is read decoded (and bounded as such) and goes upstream as identity."""
+    import gzip
+
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
+    raw = orjson.dumps(CHAT)
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        resp = await client.post(
+            f"{gw.url}/v1/chat/completions",
+            data=gzip.compress(raw),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert resp.status == 200
+        assert (await resp.json())["choices"][0]["message"]["content"] == "You said: hello there"
+        bomb = gzip.compress(b" " * 100_000)
+        resp = await client.post(
+            f"{gw.url}/v1/chat/completions",
+            data=bomb,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert resp.status == 413
+    received = fake_upstream.state.received[-1]
+    assert received.body == raw
+    assert "Content-Encoding" not in received.headers
