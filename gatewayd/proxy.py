@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -300,7 +301,10 @@ async def _relay_guarded(
     ex: Exchange,
 ) -> web.StreamResponse:
     """A whole JSON answer through the output stage: restore, then filters."""
-    raw = await response.read()
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    raw = _decoded(await response.read(), encoding, ex)
+    if encoding not in _IDENTITY:
+        out_headers.popall("Content-Encoding", None)
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -314,6 +318,32 @@ async def _relay_guarded(
     _summarise(out_headers, guard, ex)
     ex.bytes_out = len(body)
     return web.Response(status=response.status, body=body, headers=out_headers)
+
+
+_IDENTITY = ("", "identity")
+# An inflated answer larger than this is refused rather than inspected.
+_INFLATE_LIMIT = 64 * 1024 * 1024
+
+
+def _decoded(raw: bytes, encoding: str, ex: Exchange) -> bytes:
+    """The answer as the guard must read it. The gateway asks for identity, but
+    an upstream may compress anyway: gzip and deflate are inflated; any other
+    encoding cannot be inspected, so the answer is refused, not relayed unread."""
+    if encoding in _IDENTITY:
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UpstreamUnavailable(
+            f"upstream {ex.upstream} answered in an encoding the guardrails cannot read"
+        )
+    # 32 + MAX_WBITS: take a gzip or a zlib header, whichever the answer has.
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
+    try:
+        plain = inflater.decompress(raw, _INFLATE_LIMIT)
+    except zlib.error as exc:
+        raise UpstreamUnavailable(f"upstream {ex.upstream} sent an undecodable answer") from exc
+    if inflater.unconsumed_tail:
+        raise UpstreamUnavailable(f"upstream {ex.upstream} answer too large to inspect")
+    return plain
 
 
 async def _relay_stream(

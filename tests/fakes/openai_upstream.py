@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ class FakeState:
     log_bodies: bool = False
     # Cut the connection after this many content events or body chunks.
     break_after: int | None = None
+    # Answer whole chats in this Content-Encoding whatever the client accepts
+    # ("gzip" compresses; any other name labels the plain bytes).
+    answer_encoding: str | None = None
 
 
 STATE = web.AppKey("state", FakeState)
@@ -104,7 +108,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     base = {"id": "chatcmpl-fake", "created": created, "model": doc.get("model", "fake")}
     if not doc.get("stream"):
-        return web.json_response(
+        whole = web.json_response(
             {
                 **base,
                 "object": "chat.completion",
@@ -118,6 +122,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "usage": _usage(doc, answer),
             }
         )
+        if state.answer_encoding is not None:
+            assert isinstance(whole.body, bytes)
+            encoded = gzip.compress(whole.body) if state.answer_encoding == "gzip" else whole.body
+            whole.body = encoded
+            whole.headers["Content-Encoding"] = state.answer_encoding
+        return whole
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
 

@@ -431,3 +431,37 @@ async def test_compressed_request_body_is_forwarded_decoded(
     received = fake_upstream.state.received[-1]
     assert received.body == raw
     assert "Content-Encoding" not in received.headers
+
+
+async def test_guarded_answer_compressed_anyway_is_inflated_or_refused(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """An upstream that compresses despite Accept-Encoding: identity is inflated and guarded;
+    an encoding the guard cannot read is refused rather than relayed unread."""
+    extra = """
+        filters:
+          pii:
+            kind: pii
+        policies:
+          guard:
+            mode: redact
+            input: [pii]
+            output: [pii]
+            restore: true
+    """
+    text = _config(tmp_path, fake_upstream.url, extra=extra, route_extra="policy: guard")
+    config = write_config(tmp_path, text)
+    chat = {"model": "gpt-fake", "messages": [{"role": "user", "content": "mail a@example.com"}]}
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        fake_upstream.state.answer_encoding = "gzip"
+        resp = await client.post(f"{gw.url}/v1/chat/completions", json=chat)
+        assert resp.status == 200
+        assert "Content-Encoding" not in resp.headers
+        content = (await resp.json())["choices"][0]["message"]["content"]
+        assert content == "You said: mail a@example.com"
+        assert fake_upstream.state.received[-1].headers["Accept-Encoding"] == "identity"
+
+        fake_upstream.state.answer_encoding = "br"
+        resp = await client.post(f"{gw.url}/v1/chat/completions", json=chat)
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_unavailable"
