@@ -46,6 +46,22 @@ def _config(tmp_path: Path, upstream_url: str, extra: str = "", route_extra: str
     """
 
 
+def _guarded_config(tmp_path: Path, upstream_url: str, *, output: str) -> str:
+    """_config with a redacting, restoring pii policy on the route."""
+    extra = f"""
+        filters:
+          pii:
+            kind: pii
+        policies:
+          guard:
+            mode: redact
+            input: [pii]
+            output: {output}
+            restore: true
+    """
+    return _config(tmp_path, upstream_url, extra=extra, route_extra="policy: guard")
+
+
 async def test_chat_is_relayed_with_the_upstream_key(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
@@ -163,22 +179,29 @@ async def test_body_over_the_limit_is_413_before_reading(
     assert fake_upstream.state.received == []
 
 
+async def _stall_after(gw_url: str, sent: bytes) -> tuple[bytes, float]:
+    """Send `sent` on a raw connection and stall: what comes back, and after how long."""
+    host, port = gw_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(sent)
+    await writer.drain()
+    started = time.monotonic()
+    reply = await asyncio.wait_for(reader.read(4096), timeout=5)
+    writer.close()
+    return reply, time.monotonic() - started
+
+
 async def test_slow_client_body_is_dropped(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
     """A body that trickles slower than read_timeout gets 408 and the connection is closed."""
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
     async with running_gateway(config) as gw:
-        host, port = gw.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
+        reply, elapsed = await _stall_after(
+            gw.url,
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
-            b"Content-Type: application/json\r\n\r\n{"
+            b"Content-Type: application/json\r\n\r\n{",
         )
-        await writer.drain()
-        started = time.monotonic()
-        head = await asyncio.wait_for(reader.read(4096), timeout=5)
-        assert head.startswith(b"HTTP/1.1 408")
-        assert time.monotonic() - started < 3
-        writer.close()
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert elapsed < 3
     assert fake_upstream.state.received == []
 
 
@@ -186,14 +209,11 @@ async def test_slow_client_headers_are_dropped(tmp_path: Path, fake_upstream: Fa
     """A client that never finishes its request headers is disconnected after read_timeout."""
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
     async with running_gateway(config) as gw:
-        host, port = gw.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-        await writer.drain()
-        started = time.monotonic()
-        assert await asyncio.wait_for(reader.read(4096), timeout=5) == b""
-        assert 0.5 < time.monotonic() - started < 3
-        writer.close()
+        reply, elapsed = await _stall_after(
+            gw.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        )
+    assert reply == b""
+    assert 0.5 < elapsed < 3
     assert fake_upstream.state.received == []
 
 
@@ -348,18 +368,7 @@ async def test_guarded_request_without_findings_is_forwarded_byte_for_byte(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """On a redacting route a request with nothing to redact goes upstream as the bytes sent."""
-    extra = """
-        filters:
-          pii:
-            kind: pii
-        policies:
-          guard:
-            mode: redact
-            input: [pii]
-            restore: true
-    """
-    text = _config(tmp_path, fake_upstream.url, extra=extra, route_extra="policy: guard")
-    config = write_config(tmp_path, text)
+    config = write_config(tmp_path, _guarded_config(tmp_path, fake_upstream.url, output="[]"))
     raw = b'{"model":"gpt-fake",  "messages":[{"role":"user","content":"plain words"}]}'
     redactable = b'{"model":"gpt-fake",  "messages":[{"role":"user","content":"a@example.com"}]}'
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
@@ -438,19 +447,7 @@ async def test_guarded_answer_compressed_anyway_is_inflated_or_refused(
 ) -> None:
     """An upstream that compresses despite Accept-Encoding: identity is inflated and guarded;
     an encoding the guard cannot read is refused rather than relayed unread."""
-    extra = """
-        filters:
-          pii:
-            kind: pii
-        policies:
-          guard:
-            mode: redact
-            input: [pii]
-            output: [pii]
-            restore: true
-    """
-    text = _config(tmp_path, fake_upstream.url, extra=extra, route_extra="policy: guard")
-    config = write_config(tmp_path, text)
+    config = write_config(tmp_path, _guarded_config(tmp_path, fake_upstream.url, output="[pii]"))
     chat = {"model": "gpt-fake", "messages": [{"role": "user", "content": "mail a@example.com"}]}
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         fake_upstream.state.answer_encoding = "gzip"
