@@ -52,6 +52,8 @@ class Exchange:
     # Response headers already went out: a failure can no longer become an
     # error response, only an error event (SSE) or a cut connection.
     prepared: bool = False
+    # Model, stream flag and token counts are read only for the audit event.
+    audited: bool = True
 
     @property
     def action(self) -> str:

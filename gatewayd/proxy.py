@@ -64,6 +64,7 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
         """One proxied request, start to end: every way it can end is accounted."""
         runtime = holder.current
         ex = Exchange(request_id_from(request.headers), request.method, request.path)
+        ex.audited = audit.enabled
         try:
             with runtime.serving():
                 response = await _proxy(request, runtime, ex)
@@ -112,7 +113,7 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
 
     body = await read_body(request, runtime.config.server)
     ex.bytes_in = len(body)
-    doc = _parse_request(request, body, guarded=guard is not None)
+    doc = _parse_request(request, body, guarded=guard is not None, audited=ex.audited)
     if doc is not None:
         model = doc.get("model")
         ex.model = model if isinstance(model, str) else None
@@ -189,8 +190,11 @@ def _is_json(content_type: str) -> bool:
     return content_type.startswith("application/json") or "+json" in content_type
 
 
-def _parse_request(request: web.Request, body: bytes, *, guarded: bool) -> dict[str, Any] | None:
-    """The request's JSON object, or None when it has none.
+def _parse_request(
+    request: web.Request, body: bytes, *, guarded: bool, audited: bool
+) -> dict[str, Any] | None:
+    """The request's JSON object, or None when it has none or nobody reads it
+    (an unguarded route whose model only the audit would record).
 
     On a guarded route a body that is not JSON is refused rather than passed
     unchecked, whatever its Content-Type claims; only multipart uploads (files,
@@ -198,7 +202,7 @@ def _parse_request(request: web.Request, body: bytes, *, guarded: bool) -> dict[
     """
     if not body:
         return None
-    if not guarded and not _is_json(request.content_type):
+    if not guarded and not (audited and _is_json(request.content_type)):
         return None
     if guarded and request.content_type.startswith("multipart/"):
         return None
@@ -278,7 +282,7 @@ async def _relay_plain(
     if length is not None and length <= _BUFFER_LIMIT:
         raw = await response.read()
         ex.bytes_out = len(raw)
-        if response.ok and _is_json(response.headers.get("Content-Type", "")):
+        if ex.audited and response.ok and _is_json(response.headers.get("Content-Type", "")):
             _record_usage(ex, usage_of(raw))
         return web.Response(status=response.status, body=raw, headers=out_headers)
     out = web.StreamResponse(status=response.status, headers=out_headers)
@@ -382,7 +386,8 @@ async def _relay_stream(
             ex.bytes_out += len(tail)
             previous, last = last, tail
         await out.write_eof()
-        _record_usage(ex, _stream_usage(previous + last))
+        if ex.audited:
+            _record_usage(ex, _stream_usage(previous + last))
     except UpstreamError as exc:
         # Headers are out: the stream ends with the error as its last event.
         ex.error = exc.code
