@@ -10,6 +10,7 @@ at the boundary where they happen (`raise ... from exc`).
     │   ├── RequestTooLarge          413 request_too_large
     │   ├── GuardrailViolation       400 guardrail_violation (a policy blocked it)
     │   ├── GuardrailUnavailable     503 guardrail_unavailable (a filter failed, on_error=block)
+    │   ├── UnreadableAnswer         502 unsupported_response (an answer the policy cannot read)
     │   └── UpstreamError
     │       ├── UpstreamUnavailable  502 connect failure / 503 breaker open
     │       └── UpstreamTimeout      504
@@ -21,8 +22,11 @@ proxy turns a blocking verdict into GuardrailViolation only to answer it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
 
 import orjson
 
@@ -59,6 +63,8 @@ class HTTPError(GatewayError):
     status = 500
     type = "server_error"
     code = "internal_error"
+    # Extra headers of the error response.
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -107,6 +113,19 @@ class GuardrailViolation(HTTPError):
     status = 400
     type = "invalid_request_error"
     code = "guardrail_violation"
+
+
+class UnreadableAnswer(HTTPError):
+    """The upstream answered in a shape the policy cannot read, so it is not relayed.
+
+    502 as it is the upstream's answer that failed; clients are told not to
+    retry (the OpenAI SDKs honour `x-should-retry`): the completion was
+    generated, and billed, already.
+    """
+
+    status = 502
+    code = "unsupported_response"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"x-should-retry": "false"})
 
 
 class RequestTooLarge(HTTPError):

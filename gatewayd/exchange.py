@@ -72,7 +72,7 @@ def error_response(exc: HTTPError, request_id: str) -> web.Response:
         status=exc.status,
         body=orjson.dumps(exc.payload()),
         content_type="application/json",
-        headers={REQUEST_ID: request_id},
+        headers={**exc.headers, REQUEST_ID: request_id},
     )
 
 

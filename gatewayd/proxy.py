@@ -23,7 +23,6 @@ from multidict import CIMultiDict
 from gatewayd.audit.writer import AuditWriter
 from gatewayd.config.schema import Mode, ServerConfig
 from gatewayd.errors import (
-    BadRequest,
     GuardrailUnavailable,
     GuardrailViolation,
     HTTPError,
@@ -35,6 +34,8 @@ from gatewayd.errors import (
     UpstreamUnavailable,
 )
 from gatewayd.exchange import CLIENT_CLOSED, Exchange, error_response, record
+from gatewayd.guardrails import endpoints
+from gatewayd.guardrails.payload import read_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Verdict
 from gatewayd.headers import (
@@ -113,19 +114,13 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
 
     body = await read_body(request, runtime.config.server)
     ex.bytes_in = len(body)
-    doc = _parse_request(request, body, guarded=guard is not None, audited=ex.audited)
-    if doc is not None:
-        model = doc.get("model")
-        ex.model = model if isinstance(model, str) else None
-        ex.stream = doc.get("stream") is True
-
     checked: RequestResult | None = None
-    if guard is not None and doc is not None:
+    if guard is not None:
         ex.policy = guard.policy.name
-        checked = await guard.inspect_request(body, doc)
-        ex.summary = checked.summary
-        _enforce(checked.verdict, guard, "request")
+        checked = await _inspect(request, body, guard, match.upstream_path, ex)
         body = checked.body
+    elif ex.audited and body and _is_json(request.content_type):
+        _record_request(ex, _parse_unguarded(body))
 
     headers = upstream_request_headers(request.headers, ex.request_id)
     output_guard = (
@@ -190,33 +185,41 @@ def _is_json(content_type: str) -> bool:
     return content_type.startswith("application/json") or "+json" in content_type
 
 
-def _parse_request(
-    request: web.Request, body: bytes, *, guarded: bool, audited: bool
-) -> dict[str, Any] | None:
-    """The request's JSON object, or None when it has none or nobody reads it
-    (an unguarded route whose model only the audit would record).
+async def _inspect(
+    request: web.Request, body: bytes, guard: Guard, upstream_path: str, ex: Exchange
+) -> RequestResult:
+    """The input stage of a guarded route: the body read as its endpoint takes it.
 
-    On a guarded route a body that is not JSON is refused rather than passed
-    unchecked, whatever its Content-Type claims; only multipart uploads (files,
-    audio) carry no text the guardrails read.
+    A body that is not what the endpoint takes (JSON labelled anything, a
+    multipart form, nothing) is refused rather than passed unchecked, and so
+    is an endpoint no shape describes unless the policy says `unknown: allow`.
     """
-    if not body:
-        return None
-    if not guarded and not (audited and _is_json(request.content_type)):
-        return None
-    if guarded and request.content_type.startswith("multipart/"):
-        return None
+    endpoint = endpoints.find(request.method, upstream_path)
+    if endpoint is None:
+        checked = guard.unknown_endpoint(body)
+    else:
+        payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
+        _record_request(ex, payload.doc)
+        checked = await guard.inspect_request(body, payload)
+    ex.summary = checked.summary
+    _enforce(checked.verdict, guard, "request")
+    return checked
+
+
+def _parse_unguarded(body: bytes) -> dict[str, Any] | None:
+    """The JSON object of a request only the audit reads, or None."""
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if not guarded:
-            return None
-        raise BadRequest("the request body is not valid JSON", code="invalid_json") from exc
-    if not isinstance(doc, dict):
-        if not guarded:
-            return None
-        raise BadRequest("the request body must be a JSON object", code="invalid_json")
-    return doc
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _record_request(ex: Exchange, doc: dict[str, Any] | None) -> None:
+    if doc is not None:
+        model = doc.get("model")
+        ex.model = model if isinstance(model, str) else None
+        ex.stream = doc.get("stream") is True
 
 
 def _enforce(verdict: Verdict, guard: Guard, stage: str) -> None:

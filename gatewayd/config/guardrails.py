@@ -133,6 +133,7 @@ def read_policies(root: Reader, filters: set[str]) -> dict[str, PolicyConfig]:
                 "output": Many(declared),
                 "restore": v.boolean,
                 "on_error": _ON_ERROR,
+                "unknown": _ON_ERROR,
                 "summary_header": v.boolean,
             }
         )

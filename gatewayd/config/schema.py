@@ -134,6 +134,9 @@ class PolicyConfig:
     output: tuple[str, ...] = ()
     restore: bool = False
     on_error: OnError = "block"
+    # An endpoint or a field no shape describes: refused (400
+    # unsupported_request) or forwarded unread and audited as unchecked.
+    unknown: OnError = "block"
     # Per-entity overrides of the mode, e.g. {"CREDIT_CARD": Action.BLOCK}.
     entities: Mapping[str, Action] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
     # Adds X-Gatewayd-Guardrail with entity counts (never values) to responses.

@@ -115,11 +115,28 @@ class CompiledFilter:
 class Applier:
     """Applies one policy's actions to spans found at one stage of one request."""
 
-    __slots__ = ("_default", "_overrides", "_redactions", "_stage", "_summary", "blocked", "fields")
+    __slots__ = (
+        "_count",
+        "_default",
+        "_overrides",
+        "_redactions",
+        "_stage",
+        "_summary",
+        "blocked",
+        "fields",
+    )
 
     def __init__(
-        self, rules: Rules, stage: Stage, summary: Summary, redactions: Redactions
+        self,
+        rules: Rules,
+        stage: Stage,
+        summary: Summary,
+        redactions: Redactions,
+        count: bool = True,
     ) -> None:
+        # False for text read a second time (a stream repeating its deltas
+        # whole): acted on alike, counted once.
+        self._count = count
         self._default = rules.default
         self._overrides = rules.overrides
         self._stage = stage
@@ -153,8 +170,9 @@ class Applier:
             last = end
             entity = span.entity
             action = self._overrides.get(entity, self._default)
-            self._summary.add(self._stage, entity, action)
-            _count_finding(filter_name, entity, self._stage, action)
+            if self._count:
+                self._summary.add(self._stage, entity, action)
+                _count_finding(filter_name, entity, self._stage, action)
             if action is Action.REDACT:
                 placeholder = self._redactions.placeholder(entity, text[start:end])
                 edits.append((start, end, placeholder))

@@ -1,8 +1,10 @@
 """A policy compiled with its filters: the guardrails of whole requests and answers.
 
-    request: texts -> input filters in order, each on the text the previous left
-             -> verdict; the original bytes, or the document re-serialised if redacted
-    answer:  texts -> restore this request's placeholders -> output filters -> verdict, bytes
+    request: payload (payload.py, shaped by its endpoint) -> unknown fields per `unknown`
+             -> input filters in order, each on the text the previous left
+             -> verdict; the original bytes, or the body serialised again if redacted
+    answer:  texts (the endpoint's answer shape) -> output filters, this request's
+             placeholders protected -> restore them -> verdict, bytes
     stream:  Guard.stream() -> StreamGuard (streaming.py), event by event
 
 Inline filters are called directly; a remote filter gets every text of the
@@ -21,8 +23,10 @@ import orjson
 from gatewayd.config.schema import Mode, PolicyConfig
 from gatewayd.errors import FilterError
 from gatewayd.guardrails.actions import Applier, CompiledFilter, Rules
-from gatewayd.guardrails.extract import TextSlot, request_texts, response_texts
+from gatewayd.guardrails.endpoints import Endpoint
+from gatewayd.guardrails.payload import Payload
 from gatewayd.guardrails.placeholders import Range, Redactions
+from gatewayd.guardrails.shapes import TextSlot, walk
 from gatewayd.guardrails.streaming import StreamGuard
 from gatewayd.guardrails.types import (
     ALLOW,
@@ -44,6 +48,8 @@ class RequestResult:
     body: bytes
     redactions: Redactions
     summary: Summary
+    # None for an endpoint the guard does not know (passed with unknown=allow).
+    endpoint: Endpoint | None = None
 
 
 @dataclass(slots=True)
@@ -65,11 +71,16 @@ class _Texts:
         self.texts = list(self.originals)
         self.protected: list[Sequence[Range]] = [()] * len(slots)
 
+    def protect(self, redactions: Redactions) -> None:
+        """Keep output filters off the request's own placeholders."""
+        for i, text in enumerate(self.texts):
+            self.protected[i] = redactions.issued(text)
+
     def restore(self, redactions: Redactions) -> None:
-        """Turn the request's placeholders back into values; protect what was restored."""
-        texts = self.texts
+        """Turn the request's placeholders back into values, escaped where the text is JSON."""
+        texts, slots = self.texts, self.slots
         for i, text in enumerate(texts):
-            texts[i], self.protected[i] = redactions.restore_ranges(text)
+            texts[i] = redactions.restore(text, slots[i].json)
 
     def inline(self, compiled: CompiledFilter, inline: InlineFilter, applier: Applier) -> None:
         """Scan every text with an inline filter and act on what it finds."""
@@ -131,17 +142,44 @@ class Guard:
 
     def wants_answer(self, request: RequestResult) -> bool:
         """Whether the answer to `request` has anything for this guard to do: output
-        filters, or placeholders to restore. If not, the proxy relays it untouched."""
+        filters, or placeholders to restore. If not, the proxy relays it untouched.
+        An answer with no model text (metadata, audio) has nothing to read."""
+        endpoint = request.endpoint
+        if endpoint is None or (endpoint.answer is None and not endpoint.opaque_answer):
+            return False
         return bool(self._output) or (self._restore and bool(request.redactions))
 
-    async def inspect_request(self, raw: bytes, doc: dict[str, Any]) -> RequestResult:
-        """Run the input filters over a parsed request; redactions change `doc` in place."""
+    def unknown_endpoint(self, raw: bytes) -> RequestResult:
+        """A request to an endpoint no shape describes: refused, or passed unread."""
+        summary = Summary()
+        if self.policy.unknown == "block":
+            return RequestResult(Verdict(unknown=("the endpoint",)), raw, Redactions(), summary)
+        summary.unchecked.append(UNKNOWN)
+        return RequestResult(ALLOW, raw, Redactions(), summary)
+
+    def unknown_fields(self, fields: Sequence[str], summary: Summary) -> Verdict:
+        """A payload with fields no shape describes: refused, or passed with them unread."""
+        if self.policy.unknown == "block":
+            return Verdict(unknown=tuple(fields[:_NAMED]))
+        if UNKNOWN not in summary.unchecked:
+            summary.unchecked.append(UNKNOWN)
+        return ALLOW
+
+    async def inspect_request(self, raw: bytes, payload: Payload) -> RequestResult:
+        """Run the input filters over a parsed request; redactions change it in place."""
+        endpoint = payload.endpoint
         summary = Summary()
         redactions = Redactions()
-        slots = request_texts(doc) if self._input else None
+        if payload.unknown:
+            verdict = self.unknown_fields(payload.unknown, summary)
+            if not verdict.allowed:
+                return RequestResult(verdict, raw, redactions, summary, endpoint)
+        slots = payload.slots if self._input else None
         if not slots:
-            return RequestResult(ALLOW, raw, redactions, summary)
+            return RequestResult(ALLOW, raw, redactions, summary, endpoint)
         texts = _Texts(slots)
+        for text in texts.texts:
+            redactions.reserve(text)
         applier = Applier(self._rules, Stage.INPUT, summary, redactions)
         unavailable = None
         if self._input_remote:
@@ -150,24 +188,40 @@ class Guard:
             self._run(self._input, texts, applier)
         verdict = _verdict(applier, unavailable)
         if verdict is not ALLOW or not texts.write():
-            return RequestResult(verdict, raw, redactions, summary)
-        return RequestResult(verdict, orjson.dumps(doc), redactions, summary)
+            return RequestResult(verdict, raw, redactions, summary, endpoint)
+        return RequestResult(verdict, payload.dump(), redactions, summary, endpoint)
 
     async def inspect_response(
         self, raw: bytes, doc: dict[str, Any], request: RequestResult
     ) -> ResponseResult:
-        """Restore placeholders in a whole parsed answer, then run the output filters."""
-        if not self.wants_answer(request):
+        """Run the output filters over a whole parsed answer, then restore placeholders."""
+        endpoint = request.endpoint
+        if not self.wants_answer(request) or endpoint is None:
             return ResponseResult(ALLOW, raw)
-        slots = response_texts(doc)
+        if endpoint.answer is None:
+            # The answer is a file the gateway cannot read.
+            return ResponseResult(self.unknown_fields(("the answer",), request.summary), raw)
+        walked = walk(endpoint.answer, doc)
+        if walked.unknown:
+            verdict = self.unknown_fields(walked.unknown, request.summary)
+            if not verdict.allowed:
+                return ResponseResult(verdict, raw)
+        slots = walked.slots
         if not slots:
             return ResponseResult(ALLOW, raw)
-        texts = _Texts(slots)
+        return await self._answer(_Texts(slots), raw, doc, request)
+
+    async def _answer(
+        self, texts: _Texts, raw: bytes, doc: dict[str, Any], request: RequestResult
+    ) -> ResponseResult:
         redactions = request.redactions
-        if self._restore and redactions:
-            texts.restore(redactions)
+        restore = self._restore and bool(redactions)
+        # Snapshot first: what the output filters redact is never restored.
+        issued = redactions.snapshot() if restore else None
         verdict = ALLOW
         if self._output:
+            if issued is not None:
+                texts.protect(issued)
             applier = Applier(self._rules, Stage.OUTPUT, request.summary, redactions)
             unavailable = None
             if self._output_remote:
@@ -175,7 +229,11 @@ class Guard:
             else:
                 self._run(self._output, texts, applier)
             verdict = _verdict(applier, unavailable)
-        if verdict is not ALLOW or not texts.write():
+        if verdict is not ALLOW:
+            return ResponseResult(verdict, raw)
+        if issued is not None:
+            texts.restore(issued)
+        if not texts.write():
             return ResponseResult(verdict, raw)
         return ResponseResult(verdict, orjson.dumps(doc))
 
@@ -186,6 +244,8 @@ class Guard:
             self._rules,
             request.redactions if self._restore else None,
             request.summary,
+            request.endpoint,
+            self.policy.unknown == "block",
         )
 
     @staticmethod
@@ -219,6 +279,12 @@ class Guard:
             if applier.blocked:
                 return None
         return None
+
+
+UNKNOWN = "unknown"
+"""What `Summary.unchecked` names when unknown fields or endpoints passed unread."""
+# Unknown fields named in one message; the audit counts, the client gets a sample.
+_NAMED = 5
 
 
 def _verdict(applier: Applier, unavailable: str | None) -> Verdict:

@@ -3,12 +3,20 @@
 A request's `Redactions` maps each redacted value to its placeholder (the same
 value keeps the same placeholder, N counts per entity from 1) so the answer's
 placeholders can be restored. Only placeholders this request issued are
-restored: a model that invents `<EMAIL_ADDRESS_9>` gets it back as written.
+restored: a model that invents `<EMAIL_ADDRESS_9>` gets it back as written,
+and one the client wrote itself is reserved, so a redacted value never takes
+its name and the client's literal text is never turned into someone's value.
+
+Output filters read an answer before its placeholders are restored (with the
+placeholders protected), so a new value written right against a restored one
+is still found; restoring comes last, escaped for JSON where the text is JSON.
 """
 
 from __future__ import annotations
 
 import re
+
+import orjson
 
 Range = tuple[int, int]
 """[start, end) of a piece of text, in code points."""
@@ -31,12 +39,18 @@ def _label(entity: str) -> str:
 class Redactions:
     """One request's placeholders and the values they stand for."""
 
-    __slots__ = ("_counts", "_placeholders", "_values")
+    __slots__ = ("_counts", "_placeholders", "_reserved", "_values")
 
     def __init__(self) -> None:
         self._placeholders: dict[str, str] = {}
         self._values: dict[str, str] = {}
         self._counts: dict[str, int] = {}
+        self._reserved: set[str] = set()
+
+    def reserve(self, text: str) -> None:
+        """Keep the placeholder-shaped strings the client wrote in `text` from being issued."""
+        if "<" in text:
+            self._reserved.update(_PLACEHOLDER.findall(text))
 
     def __len__(self) -> int:
         return len(self._values)
@@ -51,26 +65,37 @@ class Redactions:
         if placeholder is None:
             label = _label(entity)
             n = self._counts.get(label, 0) + 1
-            self._counts[label] = n
             placeholder = f"<{label}_{n}>"
+            while placeholder in self._reserved:
+                n += 1
+                placeholder = f"<{label}_{n}>"
+            self._counts[label] = n
             self._placeholders[value] = placeholder
             self._values[placeholder] = value
         return placeholder
 
-    def restore(self, text: str) -> str:
-        """`text` with this request's placeholders turned back into their values."""
-        return self.restore_ranges(text)[0]
+    def restore(self, text: str, json: bool = False) -> str:
+        """`text` with this request's placeholders turned back into their values,
+        escaped as JSON string content when `json`; `text` itself if none was."""
+        return _restore(self._values, text, json)
 
-    def restore_ranges(self, text: str) -> tuple[str, list[Range]]:
-        """Like `restore`, also giving where the restored values sit in the result.
+    def issued(self, text: str) -> list[Range]:
+        """Where this request's placeholders sit in `text`: output filters leave them be."""
+        if not self._values or "<" not in text:
+            return []
+        values = self._values
+        return [m.span() for m in _PLACEHOLDER.finditer(text) if m.group() in values]
 
-        Returns `text` itself when nothing was restored.
-        """
-        return _restore(self._values, text)
+    def snapshot(self) -> Redactions:
+        """The placeholders issued so far: placeholders issued later (by output
+        filters) are the gateway's own and are never restored."""
+        copy = Redactions()
+        copy._values = dict(self._values)
+        return copy
 
-    def restorer(self) -> StreamRestorer:
+    def restorer(self, json: bool = False) -> StreamRestorer:
         """A restorer for one stream of text arriving in pieces."""
-        return StreamRestorer(self._values)
+        return StreamRestorer(self._values, json)
 
 
 class StreamRestorer:
@@ -81,23 +106,24 @@ class StreamRestorer:
     of this request's placeholders; nothing else is held.
     """
 
-    __slots__ = ("_longest", "_pending", "_prefixes", "_values")
+    __slots__ = ("_json", "_longest", "_pending", "_prefixes", "_values")
 
-    def __init__(self, values: dict[str, str]) -> None:
+    def __init__(self, values: dict[str, str], json: bool = False) -> None:
         # A snapshot: placeholders the output stage issues later are the
         # gateway's own and never come back from the upstream.
         self._values = dict(values)
         self._prefixes = frozenset(p[:i] for p in values for i in range(1, len(p)))
         self._longest = max(map(len, values), default=0)
         self._pending = ""
+        self._json = json
 
     @property
     def holding(self) -> bool:
         """Is a partial placeholder held back?"""
         return bool(self._pending)
 
-    def push(self, text: str, final: bool = False) -> tuple[str, list[Range]]:
-        """The restored text that can be released now, and where its restored values sit."""
+    def push(self, text: str, final: bool = False) -> str:
+        """The restored text that can be released now."""
         if self._pending:
             text = self._pending + text
             self._pending = ""
@@ -106,28 +132,26 @@ class StreamRestorer:
             if cut >= 0 and text[cut:] in self._prefixes:
                 self._pending = text[cut:]
                 text = text[:cut]
-        return _restore(self._values, text)
+        return _restore(self._values, text, self._json)
 
 
-def _restore(values: dict[str, str], text: str) -> tuple[str, list[Range]]:
+def _restore(values: dict[str, str], text: str, json: bool) -> str:
     if not values or "<" not in text:
-        return text, []
+        return text
     pieces: list[str] = []
-    ranges: list[Range] = []
     pos = 0
-    size = 0
     for match in _PLACEHOLDER.finditer(text):
         value = values.get(match.group())
         if value is None:
             continue
-        start = match.start()
-        pieces.append(text[pos:start])
-        size += start - pos
-        ranges.append((size, size + len(value)))
+        if json:
+            # Inside a JSON string: a quote or backslash in the value must not
+            # end the string or add keys to the arguments the client parses.
+            value = orjson.dumps(value).decode()[1:-1]
+        pieces.append(text[pos : match.start()])
         pieces.append(value)
-        size += len(value)
         pos = match.end()
-    if not ranges:
-        return text, ranges
+    if not pieces:
+        return text
     pieces.append(text[pos:])
-    return "".join(pieces), ranges
+    return "".join(pieces)

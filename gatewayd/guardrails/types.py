@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from gatewayd.config.schema import Action, OnError
-from gatewayd.errors import GuardrailUnavailable, GuardrailViolation, HTTPError
+from gatewayd.errors import (
+    BadRequest,
+    GuardrailUnavailable,
+    GuardrailViolation,
+    HTTPError,
+    UnreadableAnswer,
+)
 
 
 class Stage(enum.Enum):
@@ -128,16 +134,18 @@ class Verdict:
 
     `blocked` names what blocked it (for the 400 message: policy, entity types,
     fields; never a value); `unavailable` names the filter whose failure made
-    an on_error=block policy refuse the request (503).
+    an on_error=block policy refuse the request (503); `unknown` names fields
+    (or the endpoint) the policy cannot read, with `unknown: block`.
     """
 
     blocked: tuple[str, ...] = ()
     blocked_fields: tuple[str, ...] = ()
     unavailable: str | None = None
+    unknown: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
-        return not self.blocked and self.unavailable is None
+        return not self.blocked and self.unavailable is None and not self.unknown
 
     def as_error(self, policy: str, stage: str) -> HTTPError | None:
         """What the client is told when this verdict refuses `stage` ("request" or
@@ -146,6 +154,14 @@ class Verdict:
             return GuardrailUnavailable(
                 f"guardrail filter '{self.unavailable}' of policy '{policy}' is unavailable"
             )
+        if self.unknown:
+            what = ", ".join(self.unknown)
+            if stage == "request":
+                return BadRequest(
+                    f"policy '{policy}' cannot read {what} of this request",
+                    code="unsupported_request",
+                )
+            return UnreadableAnswer(f"policy '{policy}' cannot read {what} of the answer")
         if self.blocked:
             fields = f" in {', '.join(self.blocked_fields)}" if self.blocked_fields else ""
             return GuardrailViolation(

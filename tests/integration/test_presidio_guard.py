@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 
 from gatewayd.config.schema import Action, Mode, PolicyConfig
+from gatewayd.guardrails.endpoints import CHAT_COMPLETIONS
+from gatewayd.guardrails.payload import json_payload
 from gatewayd.guardrails.pipeline import Guard
 from gatewayd.guardrails.types import Stage
 from tests.fakes.presidio_server import Analyzer, StartFilter
@@ -43,7 +45,7 @@ async def test_redacts_upstream_and_restores_for_the_client(start_filter: StartF
     pii = await guard(start_filter)
     doc = chat(f"Grüße 😀, mail me at {EMAIL}")
     raw = orjson.dumps(doc)
-    request = await pii.inspect_request(raw, doc)
+    request = await pii.inspect_request(raw, json_payload(CHAT_COMPLETIONS, doc))
     assert request.verdict.allowed
     sent = orjson.loads(request.body)["messages"][0]["content"]
     assert sent == "Grüße 😀, mail me at <EMAIL_ADDRESS_1>"
@@ -59,7 +61,7 @@ async def test_a_blocked_entity_refuses_the_request(start_filter: StartFilter) -
     """A card number, set to block, refuses the request without naming the number."""
     pii = await guard(start_filter)
     doc = chat(f"charge {CARD} please")
-    request = await pii.inspect_request(orjson.dumps(doc), doc)
+    request = await pii.inspect_request(orjson.dumps(doc), json_payload(CHAT_COMPLETIONS, doc))
     assert "CREDIT_CARD" in request.verdict.blocked
     assert CARD not in repr(request.verdict)
 
@@ -72,7 +74,7 @@ async def test_analyzer_down_with_on_error_allow_passes_unchecked(
     await analyzer.server.close()
     doc = chat(f"mail me at {EMAIL}")
     raw = orjson.dumps(doc)
-    request = await pii.inspect_request(raw, doc)
+    request = await pii.inspect_request(raw, json_payload(CHAT_COMPLETIONS, doc))
     assert request.verdict.allowed
     assert request.body is raw
     assert request.summary.unchecked == ["presidio"]
@@ -85,6 +87,6 @@ async def test_analyzer_down_with_on_error_block_is_unavailable(
     pii = await guard(start_filter, on_error="block", timeout=0.1)
     analyzer.state.stall = 1.0
     doc = chat(f"mail me at {EMAIL}")
-    request = await pii.inspect_request(orjson.dumps(doc), doc)
+    request = await pii.inspect_request(orjson.dumps(doc), json_payload(CHAT_COMPLETIONS, doc))
     assert request.verdict.unavailable == "presidio"
     assert not request.verdict.allowed

@@ -14,6 +14,8 @@ import orjson
 
 from gatewayd.config.schema import OnError
 from gatewayd.errors import FilterError
+from gatewayd.guardrails.endpoints import CHAT_COMPLETIONS
+from gatewayd.guardrails.payload import Payload, json_payload
 from gatewayd.guardrails.types import Span
 
 EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
@@ -128,3 +130,8 @@ def streamed_text(stream: bytes, field: str = "content") -> str:
             if isinstance(value, str):
                 text += value
     return text
+
+
+def chat_payload(doc: dict[str, Any]) -> Payload:
+    """A parsed chat completions request, as the proxy hands it to a guard."""
+    return json_payload(CHAT_COMPLETIONS, doc)

@@ -10,11 +10,12 @@ import orjson
 import pytest
 
 from gatewayd.config.schema import Action, Mode, OnError, PolicyConfig
+from gatewayd.guardrails.payload import Payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Filter, Stage, Verdict
 from gatewayd.observability.metrics import REGISTRY
 
-from .fakes import FakeRemote, RegexFilter, email_filter, phone_filter
+from .fakes import FakeRemote, RegexFilter, chat_payload, email_filter, phone_filter
 
 
 def _policy(
@@ -48,6 +49,11 @@ def _chat(*contents: str) -> tuple[bytes, dict[str, Any]]:
     return orjson.dumps(doc), doc
 
 
+def _chat_payload(*contents: str) -> tuple[bytes, Payload]:
+    raw, doc = _chat(*contents)
+    return raw, chat_payload(doc)
+
+
 def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -59,7 +65,7 @@ async def test_mode_off_reads_nothing() -> None:
         _policy(Mode.OFF, output=("email",), restore=True), {"email": email, "phone": email}
     )
     raw, doc = _chat("mail a@x.io")
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.body is raw
     assert result.verdict.allowed
     assert email.scanned == []
@@ -77,7 +83,7 @@ async def test_monitor_counts_and_keeps_the_original_bytes() -> None:
         stage="input",
         action="monitor",
     )
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.body is raw
     assert result.verdict == Verdict()
     assert result.summary.counts == {Stage.INPUT: {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 1}}
@@ -96,7 +102,7 @@ async def test_redact_rewrites_with_numbered_placeholders() -> None:
     """Redact replaces each value, the same value with the same placeholder, and re-serialises."""
     guard = Guard(_policy(), _filters())
     raw, doc = _chat("a@x.io and b@x.io", "again a@x.io, call 555-1234")
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.verdict.allowed
     sent = orjson.loads(result.body)
     assert [m["content"] for m in sent["messages"]] == [
@@ -112,7 +118,7 @@ async def test_block_names_entities_and_fields_never_values() -> None:
     """Block refuses with sorted entity types and the fields they were in, once each."""
     guard = Guard(_policy(Mode.BLOCK), _filters())
     raw, doc = _chat("hello", "a@x.io call 555-1234", "b@x.io")
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.verdict.blocked == ("EMAIL_ADDRESS",)
     assert result.verdict.blocked_fields == ("messages[1].content", "messages[2].content")
     assert result.body is raw
@@ -124,7 +130,7 @@ async def test_a_block_stops_the_filters_after_it() -> None:
     phone = phone_filter()
     guard = Guard(_policy(Mode.BLOCK), {"email": email_filter(), "phone": phone})
     raw, doc = _chat("a@x.io and 555-1234")
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.verdict.blocked == ("EMAIL_ADDRESS",)
     assert phone.scanned == []
 
@@ -134,11 +140,11 @@ async def test_per_entity_overrides_beat_the_mode() -> None:
     policy = _policy(
         Mode.MONITOR, entities={"PHONE_NUMBER": Action.REDACT, "EMAIL_ADDRESS": Action.MONITOR}
     )
-    result = await Guard(policy, _filters()).inspect_request(*_chat("a@x.io 555-1234"))
+    result = await Guard(policy, _filters()).inspect_request(*_chat_payload("a@x.io 555-1234"))
     assert orjson.loads(result.body)["messages"][0]["content"] == "a@x.io <PHONE_NUMBER_1>"
 
     blocking = _policy(Mode.REDACT, entities={"PHONE_NUMBER": Action.BLOCK})
-    result = await Guard(blocking, _filters()).inspect_request(*_chat("a@x.io 555-1234"))
+    result = await Guard(blocking, _filters()).inspect_request(*_chat_payload("a@x.io 555-1234"))
     assert result.verdict.blocked == ("PHONE_NUMBER",)
     assert result.summary.counts[Stage.INPUT] == {"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
     assert result.summary.action is Action.BLOCK
@@ -150,7 +156,7 @@ async def test_filters_run_in_order_on_the_text_the_previous_left() -> None:
     upper = RegexFilter("upper", {"SHOUT": r"[A-Z]{5,}"})
     guard = Guard(_policy(input=("email", "upper")), _filters(upper))
     raw, doc = _chat("HELLO a@x.io")
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert upper.scanned == ["HELLO <EMAIL_ADDRESS_1>"]
     assert orjson.loads(result.body)["messages"][0]["content"] == "<SHOUT_1> <EMAIL_ADDRESS_1>"
     assert result.summary.counts[Stage.INPUT] == {"EMAIL_ADDRESS": 1, "SHOUT": 1}
@@ -160,7 +166,7 @@ async def test_filter_duration_is_observed_once_per_filter_per_stage() -> None:
     """Each filter's time is one histogram observation per request stage."""
     guard = Guard(_policy(input=("email", "timed")), _filters(email_filter("timed")))
     before = _metric("gatewayd_filter_duration_seconds_count", filter="timed")
-    await guard.inspect_request(*_chat("a", "b", "c"))
+    await guard.inspect_request(*_chat_payload("a", "b", "c"))
     assert _metric("gatewayd_filter_duration_seconds_count", filter="timed") - before == 1
 
 
@@ -169,7 +175,7 @@ async def test_requests_without_text_pass_as_they_are() -> None:
     guard = Guard(_policy(), _filters())
     doc: dict[str, Any] = {"model": "m", "prompt": [1, 2, 3]}
     raw = orjson.dumps(doc)
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.body is raw
     assert result.summary.counts == {}
 
@@ -188,7 +194,7 @@ async def test_remote_filter_gets_every_text_in_one_call() -> None:
             },
         ]
     }
-    result = await guard.inspect_request(orjson.dumps(doc), doc)
+    result = await guard.inspect_request(orjson.dumps(doc), chat_payload(doc))
     assert remote.batches == [
         ["be nice", "I am Alice Smith, <EMAIL_ADDRESS_1>", '{"to": "Bob Jones"}']
     ]
@@ -204,7 +210,7 @@ async def test_remote_failure_with_on_error_allow_passes_unchecked() -> None:
     before = _metric(
         "gatewayd_filter_errors_total", filter="remote", kind="timeout", outcome="allow"
     )
-    result = await guard.inspect_request(*_chat("Alice Smith a@x.io"))
+    result = await guard.inspect_request(*_chat_payload("Alice Smith a@x.io"))
     assert result.verdict.allowed
     assert result.summary.unchecked == ["remote"]
     # The filters after it still run.
@@ -223,7 +229,7 @@ async def test_remote_failure_with_on_error_block_is_unavailable() -> None:
     before = _metric(
         "gatewayd_filter_errors_total", filter="remote", kind="connect", outcome="block"
     )
-    result = await guard.inspect_request(raw, doc)
+    result = await guard.inspect_request(raw, chat_payload(doc))
     assert result.verdict == Verdict(unavailable="remote")
     assert result.body is raw
     after = _metric(
@@ -242,12 +248,12 @@ async def test_a_filter_on_error_overrides_the_policy(
     """The filter's own on_error wins; without one the policy's applies."""
     remote = FakeRemote(fail="http", on_error=filter_on_error)
     guard = Guard(_policy(input=("remote",), on_error=policy_on_error), _filters(remote))
-    result = await guard.inspect_request(*_chat("x"))
+    result = await guard.inspect_request(*_chat_payload("x"))
     assert result.verdict.allowed is allowed
 
 
 async def _redacted(guard: Guard, *contents: str) -> RequestResult:
-    result = await guard.inspect_request(*_chat(*contents))
+    result = await guard.inspect_request(*_chat_payload(*contents))
     assert result.verdict.allowed
     return result
 
@@ -296,7 +302,7 @@ async def test_output_block_refuses_the_answer() -> None:
         _policy(Mode.MONITOR, input=(), output=("phone",), entities={"PHONE_NUMBER": Action.BLOCK}),
         _filters(),
     )
-    request = await guard.inspect_request(*_chat("hi"))
+    request = await guard.inspect_request(*_chat_payload("hi"))
     raw, doc = _answer("call 555-1234")
     result = await guard.inspect_response(raw, doc, request)
     assert result.verdict.blocked == ("PHONE_NUMBER",)
@@ -308,8 +314,8 @@ async def test_remote_output_filter_batches_and_applies_on_error() -> None:
     """The answer's texts go to a remote filter in one call; its failure follows on_error."""
     remote = FakeRemote()
     guard = Guard(_policy(input=(), output=("remote",)), _filters(remote))
-    request = await guard.inspect_request(*_chat("hi"))
-    doc = {"choices": [{"message": {"content": "Bob Stone"}}, {"text": "Alice Wu"}]}
+    request = await guard.inspect_request(*_chat_payload("hi"))
+    doc = {"choices": [{"message": {"content": "Bob Stone"}}, {"message": {"content": "Alice Wu"}}]}
     result = await guard.inspect_response(orjson.dumps(doc), doc, request)
     assert remote.batches == [["Bob Stone", "Alice Wu"]]
     assert b"Bob" not in result.body
@@ -325,9 +331,9 @@ async def test_wants_answer_only_with_output_filters_or_placeholders_to_restore(
     plain = Guard(_policy(), _filters())
     restoring = Guard(_policy(restore=True), _filters())
     filtering = Guard(_policy(input=(), output=("email",)), _filters())
-    nothing = await restoring.inspect_request(*_chat("no personal data here"))
+    nothing = await restoring.inspect_request(*_chat_payload("no personal data here"))
     redacted = await _redacted(restoring, "mail a@x.io")
     assert not plain.wants_answer(redacted)
     assert not restoring.wants_answer(nothing)
     assert restoring.wants_answer(redacted)
-    assert filtering.wants_answer(await filtering.inspect_request(*_chat("hello")))
+    assert filtering.wants_answer(await filtering.inspect_request(*_chat_payload("hello")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gatewayd.guardrails.placeholders import Redactions
@@ -48,11 +49,37 @@ def test_restore_turns_issued_placeholders_back_only() -> None:
     assert redactions.restore(text) == "b@x.io, <EMAIL_ADDRESS_9>, 555-1234, <b>, <EMAIL_ADDRESS_1"
 
 
-def test_restore_ranges_mark_restored_values() -> None:
-    """The ranges point at the restored values in the new text."""
-    restored, ranges = _issued().restore_ranges("to <EMAIL_ADDRESS_1> or <PHONE_NUMBER_1>!")
-    assert restored == "to a@x.io or 555-1234!"
-    assert [restored[s:e] for s, e in ranges] == ["a@x.io", "555-1234"]
+def test_issued_ranges_mark_this_requests_placeholders_only() -> None:
+    """`issued` points at this request's placeholders, not at lookalikes or invented ones."""
+    text = "to <EMAIL_ADDRESS_1> or <EMAIL_ADDRESS_9> or <PHONE_NUMBER_1>!"
+    ranges = _issued().issued(text)
+    assert [text[s:e] for s, e in ranges] == ["<EMAIL_ADDRESS_1>", "<PHONE_NUMBER_1>"]
+    assert Redactions().issued(text) == []
+
+
+def test_placeholders_the_client_wrote_are_never_issued() -> None:
+    """A client's literal `<EMAIL_ADDRESS_1>` is reserved: a real value gets the next name,
+    and the client's own text is never restored into that value."""
+    redactions = Redactions()
+    redactions.reserve("my template says <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_2>")
+    assert redactions.placeholder("EMAIL_ADDRESS", "dana@example.com") == "<EMAIL_ADDRESS_3>"
+    assert redactions.placeholder("EMAIL_ADDRESS", "ops@example.com") == "<EMAIL_ADDRESS_4>"
+    answer = "<EMAIL_ADDRESS_1> stays, <EMAIL_ADDRESS_3> is restored"
+    assert redactions.restore(answer) == "<EMAIL_ADDRESS_1> stays, dana@example.com is restored"
+
+
+def test_restore_escapes_values_put_into_json_text() -> None:
+    """In JSON text (tool-call arguments) a restored quote or backslash is escaped, so a
+    value cannot end the string and add keys the client's code would parse."""
+    redactions = Redactions()
+    evil = 'x@y.org", "admin": true, "z": "\\'
+    placeholder = redactions.placeholder("EMAIL_ADDRESS", evil)
+    arguments = '{"to": "' + placeholder + '"}'
+    restored = redactions.restore(arguments, json=True)
+    assert orjson.loads(restored) == {"to": evil}
+    restorer = redactions.restorer(json=True)
+    streamed = restorer.push(arguments[:12]) + restorer.push(arguments[12:], final=True)
+    assert streamed == restored
 
 
 def test_restore_returns_the_same_text_when_nothing_matches() -> None:
@@ -84,9 +111,9 @@ def test_restorer_holds_back_only_a_partial_placeholder(tail: str, held: str) ->
     """Only a trailing prefix of an issued placeholder is held; everything else goes out."""
     restorer = _issued().restorer()
     text = "say " + tail
-    out, _ = restorer.push(text)
+    out = restorer.push(text)
     assert out == _issued().restore(text[: len(text) - len(held)])
-    rest, _ = restorer.push("", final=True)
+    rest = restorer.push("", final=True)
     assert rest == held
 
 
@@ -96,9 +123,9 @@ def test_restorer_restores_a_placeholder_split_at_every_position() -> None:
     start, end = text.index("<"), text.index(">") + 1
     for cut in range(len(text) + 1):
         restorer = _issued().restorer()
-        first, _ = restorer.push(text[:cut])
-        second, _ = restorer.push(text[cut:])
-        last, _ = restorer.push("", final=True)
+        first = restorer.push(text[:cut])
+        second = restorer.push(text[cut:])
+        last = restorer.push("", final=True)
         assert first + second + last == "mail b@x.io now", cut
         # Everything but the partial placeholder went out with the first piece.
         if start < cut < end:
@@ -108,16 +135,15 @@ def test_restorer_restores_a_placeholder_split_at_every_position() -> None:
         assert last == ""
 
 
-def test_restorer_ranges_are_relative_to_each_release() -> None:
-    """Ranges returned with a released piece point into that piece."""
-    restorer = _issued().restorer()
-    restorer.push("x <PHONE_")
-    out, ranges = restorer.push("NUMBER_1> y")
-    assert out == "555-1234 y"
-    assert [out[s:e] for s, e in ranges] == ["555-1234"]
+def test_snapshot_leaves_out_placeholders_issued_later() -> None:
+    """A snapshot restores what was issued when it was taken, never what came after."""
+    redactions = _issued()
+    snapshot = redactions.snapshot()
+    later = redactions.placeholder("EMAIL_ADDRESS", "new@x.io")
+    assert snapshot.restore(f"{later} <EMAIL_ADDRESS_1>") == f"{later} a@x.io"
 
 
 def test_restorer_without_placeholders_holds_nothing() -> None:
     """When the request redacted nothing, a trailing `<` is released at once."""
     restorer = Redactions().restorer()
-    assert restorer.push("a <")[0] == "a <"
+    assert restorer.push("a <") == "a <"

@@ -10,7 +10,9 @@ import orjson
 import pytest
 
 from gatewayd.config.schema import Action, Mode, PolicyConfig
+from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.buffers import LOOKAHEAD
+from gatewayd.guardrails.payload import json_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.streaming import StreamGuard
 from gatewayd.guardrails.types import Filter, Stage, Verdict
@@ -20,6 +22,7 @@ from .fakes import (
     EMAIL,
     FakeRemote,
     chat_chunk,
+    chat_payload,
     email_filter,
     events,
     phone_filter,
@@ -55,7 +58,16 @@ def _guard(
 
 async def _request(guard: Guard, content: str = "hi") -> RequestResult:
     doc = {"messages": [{"role": "user", "content": content}]}
-    result = await guard.inspect_request(orjson.dumps(doc), doc)
+    result = await guard.inspect_request(orjson.dumps(doc), chat_payload(doc))
+    assert result.verdict.allowed
+    return result
+
+
+async def _completion_request(guard: Guard, prompt: str) -> RequestResult:
+    doc = {"model": "m", "prompt": prompt}
+    endpoint = endpoints.find("POST", "/v1/completions")
+    assert endpoint is not None
+    result = await guard.inspect_request(orjson.dumps(doc), json_payload(endpoint, doc))
     assert result.verdict.allowed
     return result
 
@@ -145,29 +157,30 @@ def _full_stream(answer_pieces: list[str], *, eol: bytes = b"\n") -> bytes:
 async def test_sse_bytes_split_at_every_byte_position(output: tuple[str, ...]) -> None:
     """Whatever byte the upstream's TCP pieces split at, the client gets the same bytes."""
     guard = _guard(restore=True, output=output)
-    request = await _request(guard, "I am a@x.io")
     pieces = ["Hi <EMAIL_", "ADDRESS_1>, mail", " c@y.", "io now", "."]
     expected = "Hi a@x.io, mail <EMAIL_ADDRESS_2> now." if output else "Hi a@x.io, mail c@y.io now."
     for eol in (b"\n", b"\r\n"):
         stream = _full_stream(pieces, eol=eol)
+        # One request per answer: the output stage adds to its redactions.
+        request = await _request(guard, "I am a@x.io")
         reference = b"".join(await _feed_all(guard.stream(request), [stream]))
         assert streamed_text(reference.replace(b"\r\n", b"\n")) == expected
         for cut in range(len(stream) + 1):
+            request = await _request(guard, "I am a@x.io")
             out = await _feed_all(guard.stream(request), [stream[:cut], stream[cut:]])
             assert b"".join(out) == reference, (eol, cut)
 
 
 async def test_unchanged_events_keep_their_original_bytes() -> None:
-    """Comments, fields, role and usage chunks, errors and non-JSON data pass byte for byte."""
+    """Comments, fields, role and usage chunks and errors pass byte for byte."""
     guard = _guard(restore=True, output=("email",))
     request = await _request(guard, "I am a@x.io")
     passing = [
         b": keep-alive\r\n\r\n",
-        b'event: ping\nid: 4\ndata: {"type":"ping"}\n\n',
+        b'event: ping\nid: 4\ndata: {"id":"c1"}\n\n',
         b'data:  {"choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}\n\n',
         b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n',
         b'data: {"error":{"message":"upstream said no"}}\n\n',
-        b"data: not json\n\n",
         b'data: {"choices":[{"index":0,"delta":{"content":"ok "},"finish_reason":null}]}\n\n',
     ]
     stream = guard.stream(request)
@@ -270,7 +283,7 @@ async def test_tool_call_arguments_are_separate_streams() -> None:
 async def test_legacy_completions_text_and_several_choices() -> None:
     """`choices[].text` streams restore, each choice index on its own, flushed by its finish."""
     guard = _guard(restore=True)
-    request = await _request(guard, "a@x.io")
+    request = await _completion_request(guard, "a@x.io")
 
     def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
         """A legacy completions chunk for one choice."""

@@ -12,7 +12,7 @@ from gatewayd.guardrails.filters import build_filter
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Stage
 
-from .fakes import chat_chunk, sse, streamed_text
+from .fakes import chat_chunk, chat_payload, sse, streamed_text
 
 ANSWERS = {
     "Call +1 (415) 555-2671 or mail jane.doe@example.com today.": (
@@ -61,7 +61,7 @@ async def _streamed(guard: Guard, request: RequestResult, pieces: list[str]) -> 
 
 async def _request(guard: Guard, content: str = "hello") -> RequestResult:
     doc = {"messages": [{"role": "user", "content": content}]}
-    return await guard.inspect_request(orjson.dumps(doc), doc)
+    return await guard.inspect_request(orjson.dumps(doc), chat_payload(doc))
 
 
 @pytest.mark.parametrize(("answer", "expected"), ANSWERS.items())
