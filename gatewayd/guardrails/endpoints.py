@@ -230,9 +230,8 @@ CHAT_CHUNK = Obj(
 
 # --- completions, embeddings, moderations ------------------------------------
 
-# A string, strings, or token ids (which carry no text).
-_PROMPT = Either(str=TEXT, list=ListOf(Either(str=TEXT, list=ListOf(NUMBER), dict=None)))
-_TOKENS_OR_TEXT = Either(str=TEXT, list=ListOf(Either(str=TEXT, list=ListOf(NUMBER))))
+# A string, strings, or token ids (which carry no text), flat or one list per prompt.
+_PROMPT = Either(str=TEXT, list=ListOf(Either(str=TEXT, num=NUMBER, list=ListOf(NUMBER))))
 
 COMPLETIONS_REQUEST = Obj(
     {
@@ -252,7 +251,7 @@ COMPLETIONS_CHUNK = COMPLETIONS_ANSWER.extend(error=DEEP)
 EMBEDDINGS_REQUEST = Obj(
     {
         "model": KEEP,
-        "input": _TOKENS_OR_TEXT,
+        "input": _PROMPT,
         "dimensions": NUMBER,
         "encoding_format": KEEP,
         "user": TEXT,
@@ -552,7 +551,9 @@ def _e(
 
 
 _NONE = Body.NONE
-CHAT_COMPLETIONS = _e("chat.completions", Body.JSON, CHAT_REQUEST, CHAT_ANSWER, Stream.CHAT, chunk=CHAT_CHUNK)
+CHAT_COMPLETIONS = _e(
+    "chat.completions", Body.JSON, CHAT_REQUEST, CHAT_ANSWER, Stream.CHAT, chunk=CHAT_CHUNK
+)
 _TABLE: tuple[tuple[str, str, Endpoint], ...] = (
     ("POST", "chat/completions", CHAT_COMPLETIONS),
     ("GET", f"chat/completions/{_ID}", _e("chat.completions.get", _NONE, None, CHAT_ANSWER)),

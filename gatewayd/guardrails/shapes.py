@@ -284,32 +284,38 @@ class ListOf(Node):
 
 
 class Either(Node):
-    """A value whose shape depends on its JSON type: a string, a list or an object."""
+    """A value whose shape depends on its JSON type: a string, a number, a list or an object."""
 
     __slots__ = ("by_type",)
 
     def __init__(
-        self, *, str: Node | None = None, list: Node | None = None, dict: Node | None = None
-    ):
-        self.by_type = {"str": str, "list": list, "dict": dict}
+        self,
+        *,
+        str: Node | None = None,
+        num: Node | None = None,
+        list: Node | None = None,
+        dict: Node | None = None,
+    ) -> None:
+        self.by_type = {"str": str, "num": num, "list": list, "dict": dict}
 
     def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
         if value is None:
             return
-        kind = (
-            "str"
-            if isinstance(value, str)
-            else "list"
-            if isinstance(value, list)
-            else "dict"
-            if isinstance(value, dict)
-            else None
-        )
-        node = self.by_type.get(kind) if kind is not None else None
+        node = self.by_type.get(_json_type(value))
         if node is None:
             out.odd(path)
         else:
             node.walk(value, parent, key, path, out)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "dict"
+    return "num"
 
 
 class Tagged(Node):
