@@ -9,6 +9,9 @@ from operator import attrgetter
 from gatewayd.guardrails.types import Span
 
 _START = attrgetter("start")
+# What resolve marks a kept span's characters with: its first, the others.
+_FIRST = b"\x02"
+_INSIDE = b"\x01"
 
 
 def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
@@ -27,10 +30,23 @@ def resolve(candidates: list[Span], rank: Mapping[str, int]) -> list[Span]:
     by_strength = sorted(
         candidates, key=lambda s: (s.start - s.end, -rank.get(s.entity, 0), s.start)
     )
+    # Longest first, so every kept span is at least as long as the one being
+    # tried: one overlapping it holds its first or its last character (an
+    # empty one overlaps only a span it is strictly inside). The kept spans
+    # are disjoint, so marking what they cover costs at most the text's
+    # length in all, where comparing each with every kept one cost findings
+    # squared.
+    covered = bytearray(max(span.end for span in candidates) + 1)
     kept: list[Span] = []
     for span in by_strength:
-        if all(span.end <= k.start or span.start >= k.end for k in kept):
-            kept.append(span)
+        start, end = span.start, span.end
+        if end > start:
+            if covered[start] or covered[end - 1]:
+                continue
+            covered[start:end] = _FIRST + _INSIDE * (end - start - 1)
+        elif covered[start] == _INSIDE[0]:
+            continue
+        kept.append(span)
     kept.sort(key=_START)
     return kept
 
