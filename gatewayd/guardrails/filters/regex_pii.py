@@ -29,6 +29,7 @@ from gatewayd.guardrails.types import Span
 _A = re.ASCII
 
 # Emails are found from their '@': the local part backwards, the domain forwards.
+_LOCAL = string.ascii_letters + string.digits + "._%+-"
 _NOT_LOCAL = re.compile(r"[^A-Za-z0-9._%+-]")
 _DOMAIN = re.compile(r"(?:[A-Za-z0-9-]{1,63}\.){1,6}[A-Za-z]{2,24}(?![A-Za-z0-9-])", _A)
 
@@ -106,7 +107,7 @@ _TAIL_WINDOW = 473
 _TAIL_SPACED = 60
 # The characters each alternative above is made of, in order.
 _TAIL_RUNS = (
-    string.ascii_letters + string.digits + "._%+-@",
+    _LOCAL + "@",
     string.digits + " .()+-",
     string.ascii_uppercase + string.digits + " ",
     string.hexdigits + ":.",
@@ -254,21 +255,51 @@ def _run_start(text: str, end: int, outside: re.Pattern[str], longest: int) -> i
     return end - run if run <= longest else -1
 
 
-def _in_url(text: str, start: int) -> bool:
-    """Whether `start` is inside a URL's user info (https://user@host): no email."""
-    word = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start)) + 1
-    return text.find("://", word, start) >= 0
+class _UserInfo:
+    """Tells whether a position is inside a URL's user info (https://user@host),
+    which is no email: a "://" in the same word (since the last space or
+    newline) before it.
+
+    Positions are asked about in increasing order, so each call looks only at
+    the text since the previous one: looking back to the word's start from
+    every email made a text of emails between tabs cost its length squared.
+    """
+
+    __slots__ = ("_scheme", "_seen", "_text", "_word")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._seen = 0
+        self._word = 0
+        self._scheme = -1
+
+    def holds(self, start: int) -> bool:
+        """Whether `start` (not before the last one asked about) is in user info."""
+        text, seen = self._text, self._seen
+        if start > seen:
+            blank = max(text.rfind(" ", seen, start), text.rfind("\n", seen, start))
+            if blank >= 0:
+                self._word = blank + 1
+            # A "://" may straddle the part looked at before.
+            scheme = text.rfind("://", max(0, seen - 2), start)
+            if scheme >= 0:
+                self._scheme = scheme
+            self._seen = start
+        return self._scheme >= self._word
 
 
 def _find_emails(text: str, out: list[Span], urls: bool) -> None:
     """Append the emails in `text`; `urls` False says it has no URL to look at."""
+    user_info = _UserInfo(text) if urls else None
     at = text.find("@")
     while at >= 0:
-        start = _run_start(text, at, _NOT_LOCAL, 64)
-        domain = _DOMAIN.match(text, at + 1) if 0 <= start < at else None
-        if domain and not (urls and _in_url(text, start)):
-            out.append(Span("EMAIL_ADDRESS", start, domain.end()))
-            at = domain.end()
+        # One character rules out most '@' that start no email ("@@", " @").
+        if at and text[at - 1] in _LOCAL:
+            start = _run_start(text, at, _NOT_LOCAL, 64)
+            domain = _DOMAIN.match(text, at + 1) if 0 <= start < at else None
+            if domain and not (user_info and user_info.holds(start)):
+                out.append(Span("EMAIL_ADDRESS", start, domain.end()))
+                at = domain.end()
         at = text.find("@", at + 1)
 
 
