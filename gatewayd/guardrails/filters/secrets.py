@@ -11,6 +11,7 @@ finding covers the value only.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,18 +129,6 @@ _TOKENS = (
             r"\.[A-Za-z0-9_-]{16,1000}(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])"
         ),
     ),
-    _Token(
-        "PRIVATE_KEY",
-        "-",
-        ("-----BEGIN ",),
-        # The whole block through its END line; a block cut short (no END)
-        # still counts: its header and the base64 lines that follow it.
-        re.compile(
-            r"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40})PRIVATE KEY(?: BLOCK)?-----"
-            r"(?:[\s\S]{0,16000}?-----END (?P=kind)PRIVATE KEY(?: BLOCK)?-----"
-            r"|(?:\r?\n[A-Za-z0-9+/=]{16,100}){0,150})"
-        ),
-    ),
 )
 
 # Assignments whose value is a secret. Written in lower case: they run on
@@ -186,7 +175,7 @@ _CODE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+|.*[(\[].*")
 _PASSWORD_SCORE = 0.8
 
 # Holdback: a marker, part of one, or a marker and the token body so far.
-_TOKEN_MARKERS = sorted({m for t in _TOKENS if t.entity != "PRIVATE_KEY" for m in t.markers})
+_TOKEN_MARKERS = sorted({m for t in _TOKENS for m in t.markers})
 _TAIL = re.compile(
     r"(?<![A-Za-z0-9])(?:"
     + "|".join(re.escape(m) for m in _TOKEN_MARKERS)
@@ -211,7 +200,14 @@ _ASSIGNMENT_TAIL = re.compile(
 )
 # Key name (11) + quote + blanks, operator, blanks (8 + 21 + 8) + quote and value (257).
 _ASSIGNMENT_WINDOW = 306
+# A private key is the whole block from its BEGIN line through the END line
+# of the same kind that follows within _KEY_BODY characters; a block cut short
+# (no END) still counts: its BEGIN line and the base64 lines after it.
 _BEGIN = "-----BEGIN"
+_BEGIN_LINE = _BEGIN + " "
+_END_LINE = "-----END "
+_KEY_BODY = 16000
+_KEY_LINES = re.compile(r"(?:\r?\n[A-Za-z0-9+/=]{16,100}){0,150}")
 _BEGIN_TAIL = re.compile(r"(?:" + prefix_pattern([_BEGIN]) + r")\Z")
 # A header still arriving (up to the end of the text), or a whole one.
 _KEY_PARTIAL = re.compile(
@@ -219,12 +215,12 @@ _KEY_PARTIAL = re.compile(
     + prefix_pattern(["PRIVATE KEY-----", "PRIVATE KEY BLOCK-----"])
     + r")?)?\Z"
 )
-_KEY_HEADER = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
-_KEY_END = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
-# The longest block the regex takes: header (72) + 16000 + END line (72).
-_KEY_WINDOW = 16144
+_KEY_HEADER = re.compile(r"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40})PRIVATE KEY(?: BLOCK)?-----")
+_KEY_END = re.compile(r"-----END (?P<kind>[A-Z0-9 ]{0,40})PRIVATE KEY(?: BLOCK)?-----")
+# The longest block: header (72) + body + END line (72).
+_KEY_WINDOW = 72 + _KEY_BODY + 72
 
-ENTITIES = frozenset({t.entity for t in _TOKENS} | {"PASSWORD"})
+ENTITIES = frozenset({t.entity for t in _TOKENS} | {"PRIVATE_KEY", "PASSWORD"})
 # Which finding wins when two of the same length overlap: the more specific.
 _RANK = {entity: 2 for entity in ENTITIES} | {"PASSWORD": 1}
 
@@ -239,6 +235,48 @@ def _value_ok(raw: str, value: str, quoted: bool) -> bool:
     if quoted:
         return len(value) >= 8 or (symbolic and len(value) >= 4)
     return len(value) >= 6 and symbolic and not _CODE.fullmatch(value)
+
+
+def _find_keys(text: str, at: int, out: list[Span]) -> None:
+    """Append the private key blocks in `text`, the first BEGIN line at `at`.
+
+    One regex for the whole block searched up to _KEY_BODY characters ahead of
+    every BEGIN line for its END line, so a text of BEGIN lines cost that much
+    per line; the END lines are found once here, and each BEGIN line looks its
+    own up.
+    """
+    ends: dict[str, list[tuple[int, int]]] | None = None
+    while at >= 0:
+        header = _KEY_HEADER.match(text, at)
+        if header is None:
+            at = text.find(_BEGIN_LINE, at + 1)
+            continue
+        if ends is None:
+            ends = _key_ends(text)
+        body = header.end()
+        same_kind = ends.get(header.group("kind"), [])
+        i = bisect_left(same_kind, (body,))
+        if i < len(same_kind) and same_kind[i][0] <= body + _KEY_BODY:
+            stop = same_kind[i][1]
+        else:
+            # It matches no lines at worst, never fails.
+            lines = _KEY_LINES.match(text, body)
+            stop = lines.end() if lines else body
+        out.append(Span("PRIVATE_KEY", at, stop))
+        at = text.find(_BEGIN_LINE, stop)
+
+
+def _key_ends(text: str) -> dict[str, list[tuple[int, int]]]:
+    """Each kind's END lines in `text`, as (start, end) in order."""
+    ends: dict[str, list[tuple[int, int]]] = {}
+    at = text.find(_END_LINE)
+    while at >= 0:
+        # Looked for at every "-----END ": an END line may begin in the
+        # dashes that end the one before it.
+        if m := _KEY_END.match(text, at):
+            ends.setdefault(m.group("kind"), []).append(m.span())
+        at = text.find(_END_LINE, at + 1)
+    return ends
 
 
 def _find_token(token: _Token, marker: str, text: str, at: int, out: list[Span]) -> None:
@@ -274,6 +312,8 @@ class SecretsFilter:
                 for marker in token.markers:
                     if (at := text.find(marker)) >= 0:
                         _find_token(token, marker, text, at, found)
+        if self._keys and (at := text.find(_BEGIN_LINE)) >= 0:
+            _find_keys(text, at, found)
         if self._passwords and ("=" in text or ":" in text or " is" in text or " was" in text):
             lowered = fold_case(text)
             if _has_key_marker(lowered):

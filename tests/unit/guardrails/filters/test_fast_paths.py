@@ -133,6 +133,8 @@ def _every_secret_search(flt: SecretsFilter, text: str) -> list[Span]:
     for token in flt._tokens:
         for marker in token.markers:
             secrets._find_token(token, marker, text, text.find(marker), found)
+    if flt._keys:
+        secrets._find_keys(text, text.find(secrets._BEGIN_LINE), found)
     if flt._passwords:
         flt._scan_assignments(text, fold_case(text), found)
         found += [
