@@ -172,6 +172,27 @@ async def test_no_canary_reaches_logs_metrics_audit_or_errors(
     async for _ in stream:
         pass
     await client.embeddings.create(model="emb", input=[EMAIL, PHONE])
+    # The fields and APIs beyond chat messages: tool schemas, tool results, Responses.
+    await client.chat.completions.create(
+        model="gpt-fake",
+        messages=[
+            {"role": "user", "content": "hi", "name": "x"},
+            {"role": "tool", "tool_call_id": "c", "content": f"{EMAIL} {PHONE}"},
+        ],
+        tools=[{"type": "function", "function": {"name": "f", "description": f"to {EMAIL}"}}],
+    )
+    await client.responses.create(
+        model="gpt-fake",
+        instructions=f"user {EMAIL}",
+        input=[{"type": "function_call_output", "call_id": "c", "output": f"{SECRET} {PHONE}"}],
+    )
+    try:
+        # An unknown field refused: its value must not come back in the error.
+        await client.chat.completions.create(
+            model="gpt-fake", messages=_user("hi"), extra_body={"extra_context": EMAIL}
+        )
+    except openai.APIStatusError as exc:
+        errors.append(exc.response.text)
     for body in (_user(f"card {CARD} mail {EMAIL}"), _user(f"{SECRET} {CARD}")):
         try:
             await client.chat.completions.create(model="gpt-fake", messages=body)
@@ -197,16 +218,18 @@ async def test_no_canary_reaches_logs_metrics_audit_or_errors(
     await asyncio.sleep(0.3)  # one audit flush interval and then some
 
     audit = (daemon.config_path.parent / "audit.jsonl").read_text()
-    assert len(audit.splitlines()) == 7
+    assert len(audit.splitlines()) == 10
     assert '"EMAIL_ADDRESS"' in audit
     assert 'gatewayd_guardrail_findings_total{action="redact"' in metrics_text
-    assert len(errors) == 4
+    assert len(errors) == 5
+    upstream_saw = b"\n".join(r.body for r in fake_upstream.state.received).decode()
     for name, text in (
         ("log", daemon.log()),
         ("metrics", metrics_text),
         ("health", health_text),
         ("audit", audit),
         ("errors", "\n".join(errors)),
+        ("upstream", upstream_saw),
     ):
         for canary in CANARIES:
             assert canary not in text, f"{canary!r} leaked into the {name}"

@@ -15,6 +15,8 @@ import asyncio
 import gzip
 import time
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 import orjson
@@ -214,6 +216,106 @@ async def embeddings(request: web.Request) -> web.Response:
     )
 
 
+def _responses_text(doc: dict[str, Any]) -> str:
+    """The last text of a Responses input: a string, or the last item's content or output."""
+    given = doc.get("input")
+    if isinstance(given, str):
+        return given
+    for item in reversed(given or []):
+        for key in ("content", "output"):
+            value = item.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, list) and value and isinstance(value[-1].get("text"), str):
+                return str(value[-1]["text"])
+    return ""
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """The Responses API: a message echoing the input, whole or as its event stream."""
+    state = request.app[STATE]
+    doc = orjson.loads(await request.read())
+    text = state.answer if state.answer is not None else f"You said: {_responses_text(doc)}"
+    part = {"type": "output_text", "text": text, "annotations": []}
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed"}
+    final = {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": doc.get("model", "fake"),
+        "instructions": doc.get("instructions"),
+        "output": [{**item, "content": [part]}],
+        "usage": {"input_tokens": 3, "output_tokens": len(text.split()), "total_tokens": 9},
+    }
+    if not doc.get("stream"):
+        return web.json_response(final)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    at = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    started = {**final, "status": "in_progress", "output": []}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+    ]
+    step = max(1, state.chunk_chars)
+    events += [
+        {"type": "response.output_text.delta", **at, "delta": text[i : i + step], "logprobs": []}
+        for i in range(0, len(text), step)
+    ]
+    events += [
+        {"type": "response.output_text.done", **at, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": final["output"][0]},
+        {"type": "response.completed", "response": final},
+    ]
+    for n, event in enumerate(events):
+        event["sequence_number"] = n
+        await response.write(
+            b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+        )
+    await response.write_eof()
+    return response
+
+
+async def _form(request: web.Request) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart form's parts by name: (filename, bytes). The body was read already
+    (by `_record`), so it is parsed from the bytes rather than the stream."""
+    head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + await request.read())
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = str(part.get_param("name", header="content-disposition"))
+        data = part.get_payload(decode=True)
+        parts[name] = (part.get_filename(), data if isinstance(data, bytes) else b"")
+    return parts
+
+
+async def transcriptions(request: web.Request) -> web.Response:
+    """Audio transcription: echoes the form's prompt as the text heard."""
+    state = request.app[STATE]
+    form = await _form(request)
+    prompt = form.get("prompt", (None, b""))[1].decode()
+    return web.json_response({"text": state.answer or f"heard: {prompt}"})
+
+
+async def files(request: web.Request) -> web.Response:
+    """A file upload: the file object, as OpenAI answers it."""
+    form = await _form(request)
+    filename, data = form["file"]
+    return web.json_response(
+        {
+            "id": "file-fake",
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": form["purpose"][1].decode(),
+        }
+    )
+
+
 async def models(request: web.Request) -> web.Response:
     return web.json_response(
         {
@@ -233,6 +335,9 @@ def make_app(state: FakeState | None = None) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/files", files)
     app.router.add_get("/v1/files/{file_id}/content", file_content)
     return app
 
