@@ -196,10 +196,12 @@ async def test_unknown_fields_and_endpoints_are_refused(
         )
     assert refused.value.code == "unsupported_request"
     assert "context_documents" in refused.value.message
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{daemon.url}/v1/assistants", json={"name": EMAIL}) as resp:
-            assert resp.status == 400
-            assert (await resp.json())["error"]["code"] == "unsupported_request"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{daemon.url}/v1/assistants", json={"name": EMAIL}) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "unsupported_request"
     assert fake_upstream.state.received == []
     await client.close()
 
