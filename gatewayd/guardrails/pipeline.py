@@ -36,6 +36,7 @@ from gatewayd.guardrails.types import (
     Stage,
     Summary,
     Verdict,
+    unknown_verdict,
 )
 
 
@@ -152,18 +153,12 @@ class Guard:
     def unknown_endpoint(self, raw: bytes) -> RequestResult:
         """A request to an endpoint no shape describes: refused, or passed unread."""
         summary = Summary()
-        if self.policy.unknown == "block":
-            return RequestResult(Verdict(unknown=("the endpoint",)), raw, Redactions(), summary)
-        summary.unchecked.append(UNKNOWN)
-        return RequestResult(ALLOW, raw, Redactions(), summary)
+        verdict = self._unknown(Stage.INPUT, ("the endpoint",), summary)
+        return RequestResult(verdict, raw, Redactions(), summary)
 
-    def unknown_fields(self, fields: Sequence[str], summary: Summary) -> Verdict:
-        """A payload with fields no shape describes: refused, or passed with them unread."""
-        if self.policy.unknown == "block":
-            return Verdict(unknown=tuple(fields[:_NAMED]))
-        if UNKNOWN not in summary.unchecked:
-            summary.unchecked.append(UNKNOWN)
-        return ALLOW
+    def _unknown(self, stage: Stage, fields: Sequence[str], summary: Summary) -> Verdict:
+        policy = self.policy
+        return unknown_verdict(policy.name, policy.unknown, stage, fields, summary)
 
     async def inspect_request(self, raw: bytes, payload: Payload) -> RequestResult:
         """Run the input filters over a parsed request; redactions change it in place."""
@@ -171,7 +166,7 @@ class Guard:
         summary = Summary()
         redactions = Redactions()
         if payload.unknown:
-            verdict = self.unknown_fields(payload.unknown, summary)
+            verdict = self._unknown(Stage.INPUT, payload.unknown, summary)
             if not verdict.allowed:
                 return RequestResult(verdict, raw, redactions, summary, endpoint)
         slots = payload.slots if self._input else None
@@ -200,10 +195,11 @@ class Guard:
             return ResponseResult(ALLOW, raw)
         if endpoint.answer is None:
             # The answer is a file the gateway cannot read.
-            return ResponseResult(self.unknown_fields(("the answer",), request.summary), raw)
+            verdict = self._unknown(Stage.OUTPUT, ("the answer",), request.summary)
+            return ResponseResult(verdict, raw)
         walked = walk(endpoint.answer, doc)
         if walked.unknown:
-            verdict = self.unknown_fields(walked.unknown, request.summary)
+            verdict = self._unknown(Stage.OUTPUT, walked.unknown, request.summary)
             if not verdict.allowed:
                 return ResponseResult(verdict, raw)
         slots = walked.slots
@@ -245,7 +241,7 @@ class Guard:
             request.redactions if self._restore else None,
             request.summary,
             request.endpoint,
-            self.policy.unknown == "block",
+            self.policy.unknown,
         )
 
     @staticmethod
@@ -279,12 +275,6 @@ class Guard:
             if applier.blocked:
                 return None
         return None
-
-
-UNKNOWN = "unknown"
-"""What `Summary.unchecked` names when unknown fields or endpoints passed unread."""
-# Unknown fields named in one message; the audit counts, the client gets a sample.
-_NAMED = 5
 
 
 def _verdict(applier: Applier, unavailable: str | None) -> Verdict:

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gatewayd.config.schema import OnError
 from gatewayd.errors import FilterError
 from gatewayd.guardrails.actions import Applier, CompiledFilter, Rules
 from gatewayd.guardrails.buffers import FilterClock, InlineBuffer, RemoteBuffer
@@ -48,7 +49,7 @@ from gatewayd.guardrails.extract import (
 from gatewayd.guardrails.placeholders import Range, Redactions, StreamRestorer
 from gatewayd.guardrails.shapes import TextSlot, walk
 from gatewayd.guardrails.sse import Event, SSEParser, encode
-from gatewayd.guardrails.types import ALLOW, Stage, Summary, Verdict
+from gatewayd.guardrails.types import ALLOW, Stage, Summary, Verdict, unknown_verdict
 
 _DONE = b"[DONE]"
 # "<" as JSON may also escape it (Go's encoding/json does).
@@ -57,8 +58,6 @@ _ESCAPED_LT = (b"\\u003c", b"\\u003C")
 _CHUNK_FIELDS = ("id", "object", "created", "model", "system_fingerprint")
 # Fields of a Responses delta event copied into one made to carry held text.
 _DELTA_FIELDS = ("item_id", "output_index", "content_index", "summary_index", "sequence_number")
-# Unknown fields named in the error event.
-_NAMED = 5
 WHOLE = "whole"
 """The channel of a string read whole, not continued by later events."""
 
@@ -162,7 +161,7 @@ class StreamGuard:
         "_stopped",
         "_streams",
         "_summary",
-        "_unknown_block",
+        "_unknown",
         "verdict",
     )
 
@@ -173,7 +172,7 @@ class StreamGuard:
         redactions: Redactions | None,
         summary: Summary,
         endpoint: Endpoint | None = None,
-        unknown_block: bool = True,
+        unknown: OnError = "block",
     ) -> None:
         self.verdict: Verdict = ALLOW
         self._policy = rules.policy
@@ -187,7 +186,7 @@ class StreamGuard:
         self._quiet = Applier(rules, Stage.OUTPUT, summary, shared, count=False)
         self._responses = endpoint is not None and endpoint.stream is Stream.RESPONSES
         self._chunk = endpoint.chunk if endpoint is not None else None
-        self._unknown_block = unknown_block
+        self._unknown = unknown
         self._clocks = [FilterClock(compiled) for compiled in filters]
         self._remote = any(compiled.remote is not None for compiled in filters)
         self._passthrough = not filters and self._redactions is None
@@ -321,12 +320,13 @@ class StreamGuard:
             items.append(item)
 
     def _unreadable(self, event: Event, fields: Sequence[str]) -> bytes | None:
-        """An event the policy cannot read: the stream ends here, or it passes unread."""
-        if self._restore_only or not self._unknown_block:
-            if "unknown" not in self._summary.unchecked:
-                self._summary.unchecked.append("unknown")
+        """An event the policy cannot read: the stream ends here, or it passes unread.
+        Restoring only, nothing could be missed in it but a placeholder left as written."""
+        unknown = "allow" if self._restore_only else self._unknown
+        verdict = unknown_verdict(self._policy, unknown, Stage.OUTPUT, fields, self._summary)
+        if verdict.allowed:
             return event.raw
-        self.verdict = Verdict(unknown=tuple(fields[:_NAMED]))
+        self.verdict = verdict
         self._stopped = True
         return None
 

@@ -100,6 +100,13 @@ FILTER_DURATION = Histogram(
     buckets=_FILTER_LATENCY,
     registry=REGISTRY,
 )
+GUARDRAIL_UNKNOWN = Counter(
+    "gatewayd_guardrail_unknown_total",
+    "Payloads with an endpoint, field or stream event no shape describes, by policy,"
+    " stage and outcome (refused, or passed unread).",
+    ["policy", "stage", "outcome"],
+    registry=REGISTRY,
+)
 FILTER_ERRORS = Counter(
     "gatewayd_filter_errors_total",
     "Remote filter failures, by filter, kind of error and on_error outcome.",

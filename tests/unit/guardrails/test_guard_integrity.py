@@ -11,6 +11,7 @@ from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.payload import json_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Stage
+from gatewayd.observability.metrics import REGISTRY
 
 from .fakes import chat_payload, email_filter, phone_filter
 
@@ -60,8 +61,17 @@ async def test_unknown_allow_passes_unknown_fields_and_audits_them_unchecked() -
     assert result.summary.unchecked == ["unknown"]
 
 
+def _unknown_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gatewayd_guardrail_unknown_total", {"policy": "p", "stage": "input", "outcome": outcome}
+    )
+    return value or 0.0
+
+
 async def test_unknown_endpoints_follow_the_policy() -> None:
-    """An endpoint without a shape is refused, or passed unread and audited, per `unknown`."""
+    """An endpoint without a shape is refused, or passed unread and audited, per `unknown`;
+    each way is counted."""
+    refused_before, passed_before = _unknown_count("refused"), _unknown_count("passed")
     refused = _guard().unknown_endpoint(b"{}")
     error = refused.verdict.as_error("p", "request")
     assert error is not None
@@ -69,6 +79,8 @@ async def test_unknown_endpoints_follow_the_policy() -> None:
     passed = _guard(unknown="allow").unknown_endpoint(b"{}")
     assert passed.verdict.allowed
     assert passed.summary.unchecked == ["unknown"]
+    assert _unknown_count("refused") == refused_before + 1
+    assert _unknown_count("passed") == passed_before + 1
 
 
 async def test_a_placeholder_the_client_wrote_is_never_restored_into_a_value() -> None:
