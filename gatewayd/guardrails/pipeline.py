@@ -2,7 +2,7 @@
 
     request: payload (payload.py, shaped by its endpoint) -> unknown fields per `unknown`
              -> input filters in order, each on the text the previous left
-             -> verdict; the original bytes, or the body serialised again if redacted
+             -> verdict; the body serialised again from what was read
     answer:  texts (the endpoint's answer shape) -> output filters, this request's
              placeholders protected -> restore them -> verdict, bytes
     stream:  Guard.stream() -> StreamGuard (streaming.py), event by event
@@ -45,7 +45,7 @@ class RequestResult:
     """The input stage's outcome; the answer's stage reads its redactions and summary."""
 
     verdict: Verdict
-    # `raw` itself when nothing changed, so the original bytes go upstream.
+    # What goes upstream: the parsed body serialised again, never bytes unread.
     body: bytes
     redactions: Redactions
     summary: Summary
@@ -171,7 +171,7 @@ class Guard:
                 return RequestResult(verdict, raw, redactions, summary, endpoint)
         slots = payload.slots if self._input else None
         if not slots:
-            return RequestResult(ALLOW, raw, redactions, summary, endpoint)
+            return RequestResult(ALLOW, payload.dump(), redactions, summary, endpoint)
         texts = _Texts(slots)
         for text in texts.texts:
             redactions.reserve(text)
@@ -182,8 +182,13 @@ class Guard:
         else:
             self._run(self._input, texts, applier)
         verdict = _verdict(applier, unavailable)
-        if verdict is not ALLOW or not texts.write():
+        if verdict is not ALLOW:
             return RequestResult(verdict, raw, redactions, summary, endpoint)
+        texts.write()
+        # The body goes upstream as what was read, serialised again even when
+        # nothing changed (under a microsecond a KB): raw bytes could say more
+        # than the parsed document did, such as a key given twice, which one
+        # parser reads as its first value and another as its last.
         return RequestResult(verdict, payload.dump(), redactions, summary, endpoint)
 
     async def inspect_response(

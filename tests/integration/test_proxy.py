@@ -364,21 +364,27 @@ async def test_metrics_parse_and_count_requests(
     assert any(s.labels == {"route": "v1", "status": "200"} and s.value >= 1 for s in samples)
 
 
-async def test_guarded_request_without_findings_is_forwarded_byte_for_byte(
+async def test_guarded_request_goes_upstream_as_the_document_read(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
-    """On a redacting route a request with nothing to redact goes upstream as the bytes sent."""
+    """On a guarded route the upstream gets the body the guard read, serialised again: a key
+    given twice (one parser reads the first, another the last) cannot carry unread text."""
     config = write_config(tmp_path, _guarded_config(tmp_path, fake_upstream.url, output="[]"))
     raw = b'{"model":"gpt-fake",  "messages":[{"role":"user","content":"plain words"}]}'
-    redactable = b'{"model":"gpt-fake",  "messages":[{"role":"user","content":"a@example.com"}]}'
+    twice = (
+        b'{"model":"gpt-fake","messages":[{"role":"user","content":"a@example.com"}],'
+        b'"messages":[{"role":"user","content":"plain words"}]}'
+    )
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         headers = {"Content-Type": "application/json"}
         resp = await client.post(f"{gw.url}/v1/chat/completions", data=raw, headers=headers)
         assert resp.status == 200
-        assert fake_upstream.state.received[-1].body == raw
-        resp = await client.post(f"{gw.url}/v1/chat/completions", data=redactable, headers=headers)
+        assert fake_upstream.state.received[-1].body == orjson.dumps(orjson.loads(raw))
+        resp = await client.post(f"{gw.url}/v1/chat/completions", data=twice, headers=headers)
         assert resp.status == 200
-        assert b"<EMAIL_ADDRESS_1>" in fake_upstream.state.received[-1].body
+        sent = fake_upstream.state.received[-1].body
+        assert b"a@example.com" not in sent
+        assert sent.count(b'"messages"') == 1
 
 
 async def test_upstream_breaking_off_a_stream_ends_it_with_an_error_event(

@@ -59,21 +59,21 @@ def _metric(name: str, **labels: str) -> float:
 
 
 async def test_mode_off_reads_nothing() -> None:
-    """A policy in mode off calls no filter and forwards the very bytes it got."""
+    """A policy in mode off calls no filter and forwards the document as it came."""
     email = email_filter()
     guard = Guard(
         _policy(Mode.OFF, output=("email",), restore=True), {"email": email, "phone": email}
     )
     raw, doc = _chat("mail a@x.io")
     result = await guard.inspect_request(raw, chat_payload(doc))
-    assert result.body is raw
+    assert result.body == raw
     assert result.verdict.allowed
     assert email.scanned == []
     assert not guard.wants_answer(result)
 
 
-async def test_monitor_counts_and_keeps_the_original_bytes() -> None:
-    """Monitor finds and counts everything, and the body is the original object."""
+async def test_monitor_counts_and_keeps_the_document() -> None:
+    """Monitor finds and counts everything, and the body is the document unchanged."""
     guard = Guard(_policy(Mode.MONITOR), _filters())
     raw, doc = _chat("mail a@x.io or b@x.io", "call 555-1234")
     before = _metric(
@@ -84,7 +84,7 @@ async def test_monitor_counts_and_keeps_the_original_bytes() -> None:
         action="monitor",
     )
     result = await guard.inspect_request(raw, chat_payload(doc))
-    assert result.body is raw
+    assert result.body == raw
     assert result.verdict == Verdict()
     assert result.summary.counts == {Stage.INPUT: {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 1}}
     assert result.summary.action is Action.MONITOR
@@ -176,7 +176,7 @@ async def test_requests_without_text_pass_as_they_are() -> None:
     doc: dict[str, Any] = {"model": "m", "prompt": [1, 2, 3]}
     raw = orjson.dumps(doc)
     result = await guard.inspect_request(raw, chat_payload(doc))
-    assert result.body is raw
+    assert result.body == raw
     assert result.summary.counts == {}
 
 
