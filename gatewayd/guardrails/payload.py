@@ -34,8 +34,13 @@ from gatewayd.guardrails.shapes import (
 
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;]{1,70}))', re.IGNORECASE)
 _DISPOSITION = re.compile(
-    rb'form-data\s*;\s*name="([^"]*)"(?:\s*;\s*filename="([^"]*)")?', re.IGNORECASE
+    rb'content-disposition:\s*form-data\s*;\s*name="([^"]*)"(?:\s*;\s*filename="([^"]*)")?\s*',
+    re.IGNORECASE,
 )
+# A text field's part may say only its name and that it is (UTF-8) text: any
+# other header (Content-Transfer-Encoding: base64, a charset) would make the
+# upstream read other text than the guard did.
+_TEXT_TYPE = re.compile(rb"content-type:\s*text/plain(?:\s*;\s*charset=\"?utf-8\"?)?\s*", re.I)
 # Uploads whose lines are requests the gateway reads.
 _JSONL_PURPOSES = ("batch", "fine-tune")
 _FINE_TUNE_LINE = Obj(
@@ -176,14 +181,19 @@ def _read_form(endpoint: Endpoint, content_type: str, body: bytes) -> Payload:
     fields: dict[str, str] = {}
     uploads: list[_Part] = []
     for part in parts:
-        disposition = _DISPOSITION.search(part.head)
+        lines = part.head.split(b"\r\n")
+        disposition = _DISPOSITION.fullmatch(lines[0])
         if disposition is None:
-            raise BadRequest("a multipart part has no form-data name", code="invalid_request")
+            raise BadRequest(
+                "a multipart part must start with one form-data name", code="invalid_request"
+            )
         name = disposition.group(1).decode("utf-8", "replace")
         if disposition.group(2) is not None:
             part.is_upload = True
             uploads.append(part)
             continue
+        if any(not _TEXT_TYPE.fullmatch(line) for line in lines[1:]):
+            raise _unsupported(f"the form field {name!r} is not plain UTF-8 text")
         try:
             value = part.body.decode()
         except UnicodeDecodeError as exc:
@@ -196,17 +206,17 @@ def _read_form(endpoint: Endpoint, content_type: str, body: bytes) -> Payload:
         part.fields = fields
     assert endpoint.request is not None
     walked = walk(endpoint.request, fields)
-    lines = None
+    jsonl = None
     purpose = fields.get("purpose")
     if endpoint.name == "files.create":
         if len(uploads) != 1:
             raise _unsupported("a file upload carries exactly one file")
         if purpose in _JSONL_PURPOSES:
-            lines = _read_lines(uploads[0].body, purpose, walked)
+            jsonl = _read_lines(uploads[0].body, purpose, walked)
         else:
             # PDFs, images, documents: nothing the gateway can read.
             walked.odd(("file",))
-    return _Form(endpoint, boundary, parts, walked, lines)
+    return _Form(endpoint, boundary, parts, walked, jsonl)
 
 
 def _split(body: bytes, boundary: bytes) -> list[_Part]:

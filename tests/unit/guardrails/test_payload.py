@@ -139,6 +139,29 @@ def test_bodies_that_are_not_what_the_endpoint_takes_are_refused(
         read_payload(_endpoint("POST", path), content_type, body)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'Content-Disposition: form-data; name="prompt"\r\nContent-Transfer-Encoding: base64',
+        b'Content-Disposition: form-data; name="prompt"\r\nContent-Type: text/plain; charset=utf-7',
+        b'Content-Disposition: form-data; name="prompt"; name="model"',
+        b"Content-Disposition: form-data; name*=utf-8''prompt",
+        b'X-Before: 1\r\nContent-Disposition: form-data; name="prompt"',
+    ],
+)
+def test_text_fields_the_upstream_could_read_otherwise_are_refused(head: bytes) -> None:
+    """Encodings, charsets, second names and unusual headers on a text field are refused:
+    the upstream could decode other text than the guard read."""
+    body = (
+        f"--{BOUNDARY}\r\n".encode()
+        + head
+        + b"\r\n\r\nYUB4Lmlv\r\n"
+        + f"--{BOUNDARY}--\r\n".encode()
+    )
+    with pytest.raises(BadRequest):
+        read_payload(_endpoint("POST", "/v1/audio/transcriptions"), FORM, body)
+
+
 def test_a_field_given_twice_is_refused() -> None:
     """Two values for one form field: which the upstream takes is its choice, so neither passes."""
     body = _form({"prompt": "a"}, {}).replace(
