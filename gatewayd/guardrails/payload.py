@@ -27,6 +27,7 @@ from gatewayd.guardrails.shapes import (
     TEXT,
     ListOf,
     Obj,
+    Path,
     TextSlot,
     Walk,
     walk,
@@ -215,7 +216,7 @@ def _read_form(endpoint: Endpoint, content_type: str, body: bytes) -> Payload:
             jsonl = _read_lines(uploads[0].body, purpose, walked)
         else:
             # PDFs, images, documents: nothing the gateway can read.
-            walked.odd(("file",))
+            walked.odd(((), "file"))
     return _Form(endpoint, boundary, parts, walked, jsonl)
 
 
@@ -266,18 +267,18 @@ def _read_lines(data: bytes, purpose: str, walked: Walk) -> list[Any]:
                 f"line {number + 1} of the uploaded file is not a JSON object", code="invalid_json"
             )
         lines.append(doc)
-        path = ("file", number)
+        path = (((), "file"), number)
         if purpose == "fine-tune":
             _walk_into(_FINE_TUNE_LINE, doc, path, walked)
             continue
         url = doc.get("url")
         target = endpoints.by_url(url) if isinstance(url, str) else None
         if target is None or target.request is None or target.body is not Body.JSON:
-            walked.odd((*path, "url"))
+            walked.odd((path, "url"))
             continue
         _walk_into(Obj({**_BATCH_LINE, "body": target.request}), doc, path, walked)
     return lines
 
 
-def _walk_into(shape: Obj, doc: dict[str, Any], path: tuple[str | int, ...], out: Walk) -> None:
+def _walk_into(shape: Obj, doc: dict[str, Any], path: Path, out: Walk) -> None:
     shape.walk(doc, None, "", path, out)

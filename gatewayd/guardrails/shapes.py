@@ -30,16 +30,31 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-Path = tuple[str | int, ...]
+Path = tuple[Any, ...]
+"""Where a value sits, built as nested pairs (parent path, step) from `()`: a walk
+makes one per field, and a pair is cheaper than a copy of the whole path."""
 
 _FIELD_NAME = re.compile(r"[a-z_]{1,40}")
 _ID_LIKE = re.compile(r"[\w.:/+\-]{0,256}", re.ASCII)
+# Id-like strings already checked; bounded, as ids are many and unique.
+_KEPT: set[str] = set()
+_KEPT_SIZE = 4096
+
+
+def steps(path: Path) -> list[str | int]:
+    """A path's steps from the root."""
+    out: list[str | int] = []
+    while path:
+        path, step = path
+        out.append(step)
+    out.reverse()
+    return out
 
 
 def location(path: Path) -> str:
     """A path as `messages[1].content`."""
     parts: list[str] = []
-    for step in path:
+    for step in steps(path):
         if isinstance(step, int):
             parts.append(f"[{step}]")
         else:
@@ -101,7 +116,7 @@ class KeySlot(TextSlot):
 
     @property
     def location(self) -> str:
-        return location(self.path[:-1]) + ".(key)"
+        return location(self.path[0]) + ".(key)"
 
 
 class JoinedSlot(TextSlot):
@@ -170,8 +185,13 @@ class _Keep(Node):
 
     def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
         if isinstance(value, str):
+            if value in _KEPT:
+                return
             if not _ID_LIKE.fullmatch(value):
                 out.odd(path)
+            elif len(_KEPT) < _KEPT_SIZE:
+                # A stream repeats its id, model and roles in every event.
+                _KEPT.add(value)
         elif isinstance(value, dict | list):
             out.odd(path)
 
@@ -211,11 +231,11 @@ class _Deep(Node):
         elif isinstance(value, dict):
             for k in list(value):
                 if k:
-                    out.slots.append(KeySlot(value, k, (*path, k)))
-                self.walk(value[k], value, k, (*path, k), out)
+                    out.slots.append(KeySlot(value, k, (path, k)))
+                self.walk(value[k], value, k, (path, k), out)
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                self.walk(item, value, i, (*path, i), out)
+                self.walk(item, value, i, (path, i), out)
 
 
 class _Opaque(Node):
@@ -259,9 +279,9 @@ class Obj(Node):
         for k, item in value.items():
             node = fields.get(k)
             if node is None:
-                out.odd((*path, _key_name(k)))
+                out.odd((path, _key_name(k)))
             else:
-                node.walk(item, value, k, (*path, k), out)
+                node.walk(item, value, k, (path, k), out)
 
 
 class ListOf(Node):
@@ -280,7 +300,7 @@ class ListOf(Node):
             return
         item = self.item
         for i, element in enumerate(value):
-            item.walk(element, value, i, (*path, i), out)
+            item.walk(element, value, i, (path, i), out)
 
 
 class Either(Node):
@@ -339,7 +359,7 @@ class Tagged(Node):
         if node is None and self.tag not in value:
             node = self.default
         if node is None:
-            out.odd((*path, self.tag))
+            out.odd((path, self.tag))
         else:
             node.walk(value, parent, key, path, out)
 
@@ -360,7 +380,7 @@ class Parts(Node):
             return
         run: list[TextSlot] = []
         for i, part in enumerate(value):
-            here = (*path, i)
+            here = (path, i)
             if isinstance(part, dict) and part.get("type") in self.texts:
                 before = len(out.slots)
                 self.variants.walk(part, value, i, here, out)
