@@ -144,7 +144,7 @@ def read_payload(endpoint: Endpoint, content_type: str, body: bytes) -> Payload:
             raise _unsupported(f"{endpoint.name} takes no request body")
         return _Empty(endpoint, None, Walk())
     if endpoint.body is Body.MULTIPART:
-        if not multipart:
+        if not content_type.lower().startswith("multipart/form-data"):
             raise _unsupported(f"{endpoint.name} takes a multipart/form-data body")
         return _read_form(endpoint, content_type, body)
     if multipart:

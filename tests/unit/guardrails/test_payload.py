@@ -127,6 +127,7 @@ def test_uploads_the_gateway_cannot_read_are_unknown(
             _form({"prompt": "a"}, {}).replace(b"\r\n\r\na", b"\r\n\r\n\xff"),
         ),
         ("/v1/audio/transcriptions", FORM, _form({"prompt": "a"}, {}) + b"trailing a@x.io"),
+        ("/v1/audio/transcriptions", FORM.replace("form-data", "mixed"), _form({}, {})),
         ("/v1/chat/completions", "application/json", b"[1, 2]"),
         ("/v1/chat/completions", "text/plain", b"not json a@x.io"),
     ],
