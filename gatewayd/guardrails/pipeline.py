@@ -88,11 +88,18 @@ class _Texts:
         start = time.perf_counter()
         scan = inline.scan
         texts, protected, slots = self.texts, self.protected, self.slots
+        # Tool schemas repeat their keys and words ("type", "string", ...) and
+        # a filter is a function of the text: a text found clean once is clean.
+        clean: set[str] = set()
         for i, text in enumerate(texts):
+            if text in clean:
+                continue
             if spans := scan(text):
                 texts[i], protected[i] = applier.apply(
                     compiled.name, text, spans, protected[i], slots[i]
                 )
+            else:
+                clean.add(text)
         compiled.timer.observe(time.perf_counter() - start)
 
     def apply(self, name: str, found: Sequence[Sequence[Span]], applier: Applier) -> None:

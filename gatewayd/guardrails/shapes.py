@@ -221,16 +221,28 @@ class _Url(Node):
         TEXT.walk(value, parent, key, path, out)
 
 
+# The words JSON schemas and tool definitions are made of: no value hides in
+# them, and a schema repeats them for every property.
+_SCHEMA_WORDS = frozenset(
+    (
+        "type function name description parameters properties items required enum"
+        " strict additionalProperties default format title anyOf oneOf allOf $ref $defs"
+        " definitions minimum maximum minLength maxLength minItems maxItems pattern const"
+        " examples nullable string object integer number boolean array null"
+    ).split()
+)
+
+
 class _Deep(Node):
     __slots__ = ()
 
     def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
         if isinstance(value, str):
-            if value:
+            if value and value not in _SCHEMA_WORDS:
                 out.slots.append(TextSlot(parent, key, path))
         elif isinstance(value, dict):
             for k in list(value):
-                if k:
+                if k and k not in _SCHEMA_WORDS:
                     out.slots.append(KeySlot(value, k, (path, k)))
                 self.walk(value[k], value, k, (path, k), out)
         elif isinstance(value, list):
