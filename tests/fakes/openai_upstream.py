@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web import ContentCoding
 from multidict import CIMultiDict
 
 
@@ -53,6 +54,15 @@ class FakeState:
     # Answer whole chats in this Content-Encoding whatever the client accepts
     # ("gzip" compresses; any other name labels the plain bytes).
     answer_encoding: str | None = None
+    # Chat answers, whole and streamed, labelled with this Content-Type.
+    content_type: str | None = None
+    # A whole chat answer of exactly these bytes (NaN, bad UTF-8, not JSON).
+    answer_bytes: bytes | None = None
+    # Compress chat streams in this encoding ("gzip", "deflate") whatever
+    # the client accepts.
+    stream_encoding: str | None = None
+    # Headers added to every answer (cookies, credentials of its own).
+    answer_headers: dict[str, str] = field(default_factory=dict)
 
 
 STATE = web.AppKey("state", FakeState)
@@ -129,8 +139,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
             encoded = gzip.compress(whole.body) if state.answer_encoding == "gzip" else whole.body
             whole.body = encoded
             whole.headers["Content-Encoding"] = state.answer_encoding
+        if state.answer_bytes is not None:
+            whole.body = state.answer_bytes
+        if state.content_type is not None:
+            whole.headers["Content-Type"] = state.content_type
         return whole
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    if state.content_type is not None:
+        response.headers["Content-Type"] = state.content_type
+    if state.stream_encoding is not None:
+        response.enable_compression(force=ContentCoding(state.stream_encoding))
     await response.prepare(request)
 
     def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -159,6 +177,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
         state.stream_aborted.set()
         raise
     return response
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Any method: the request line and headers as received, as an echoing server would."""
+    headers = dict(request.headers.items())
+    return web.json_response({"method": request.method, "headers": headers})
+
+
+async def _add_answer_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.extend(request.app[STATE].answer_headers)
 
 
 def _cut(request: web.Request) -> None:
@@ -331,6 +359,8 @@ def make_app(state: FakeState | None = None) -> web.Application:
     """The fake upstream; routes live under /v1 like OpenAI's."""
     app = web.Application(middlewares=[_record])
     app[STATE] = state or FakeState()
+    app.on_response_prepare.append(_add_answer_headers)
+    app.router.add_route("*", "/v1/echo", echo)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
