@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gatewayd.audit.writer import AuditWriter
+from gatewayd.errors import MethodNotAllowed
+from gatewayd.exchange import error_response
 from gatewayd.headers import REQUEST_ID, request_id_from
 from gatewayd.observability import health, metrics
-from gatewayd.proxy import make_handler
+from gatewayd.proxy import Handler, make_handler
 from gatewayd.runtime import RuntimeHolder
 
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
@@ -31,12 +33,28 @@ def make_app(holder: RuntimeHolder, audit: AuditWriter) -> web.Application:
     app[health.HEALTH] = health.HealthSources(holder, audit)
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(_runtime_ctx)
-    app.router.add_get("/health", health.live)
-    app.router.add_get("/health/ready", health.ready)
-    app.router.add_get("/health/detailed", health.detailed)
-    app.router.add_get("/metrics", _metrics)
+    # The gateway's own paths: GET (and so HEAD), never proxied.
+    reserved: tuple[tuple[str, Handler], ...] = (
+        ("/health", health.live),
+        ("/health/ready", health.ready),
+        ("/health/detailed", health.detailed),
+        ("/metrics", _metrics),
+    )
+    for path, handler in reserved:
+        app.router.add_get(path, handler)
+        # Without this, other methods fall through to the catch-all below and
+        # are forwarded upstream.
+        app.router.add_route("*", path, _reserved_method)
     app.router.add_route("*", "/{tail:.*}", make_handler(holder, audit))
     return app
+
+
+async def _reserved_method(request: web.Request) -> web.Response:
+    """405 for a method other than GET or HEAD on a reserved path."""
+    error = MethodNotAllowed(f"{request.path} answers GET and HEAD only")
+    response = error_response(error, request_id_from(request.headers))
+    response.headers["Allow"] = "GET, HEAD"
+    return response
 
 
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ at the boundary where they happen (`raise ... from exc`).
     ├── HTTPError                    answered to the client in OpenAI's error shape
     │   ├── BadRequest               400 invalid_json, invalid_request
     │   ├── NotFound                 404 not_found
+    │   ├── MethodNotAllowed         405 method_not_allowed (+ Allow)
     │   ├── RequestTimeout           408 request_timeout (a slow client)
     │   ├── RequestTooLarge          413 request_too_large
     │   ├── GuardrailViolation       400 guardrail_violation (a policy blocked it)
@@ -101,6 +102,16 @@ class NotFound(HTTPError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    """Only the methods the OpenAI API uses are forwarded: TRACE would echo the
+    upstream's key back, and the others have no endpoint that takes them."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"Allow": "GET, POST, DELETE"})
 
 
 class RequestTimeout(HTTPError):

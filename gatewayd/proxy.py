@@ -1,6 +1,6 @@
 """The catch-all handler: the whole request path, top to bottom.
 
-    normalise path -> route -> read body (bounded) -> input guardrails
+    method -> normalise path -> route -> read body (bounded) -> input guardrails
     -> upstream (breaker, retries, pool) -> output guardrails -> client
 
 Bodies nobody changed are forwarded as the bytes that arrived; JSON is parsed
@@ -26,6 +26,7 @@ from gatewayd.errors import (
     GuardrailUnavailable,
     GuardrailViolation,
     HTTPError,
+    MethodNotAllowed,
     NotFound,
     RequestTimeout,
     RequestTooLarge,
@@ -56,6 +57,10 @@ SUMMARY_HEADER = "X-Gatewayd-Guardrail"
 _BUFFER_LIMIT = 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The methods the OpenAI API uses. TRACE would echo the upstream's key back;
+# the others (HEAD, OPTIONS, PUT, PATCH, CONNECT) have no endpoint to reach.
+_FORWARDED_METHODS = frozenset({"GET", "POST", "DELETE"})
 
 
 def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
@@ -101,6 +106,8 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
 
 async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
     """Route, guard, forward and relay one request on one config generation."""
+    if request.method not in _FORWARDED_METHODS:
+        raise MethodNotAllowed(f"{request.method} is not forwarded: use GET, POST or DELETE")
     path, _, query = request.raw_path.partition("?")
     match = runtime.routes.match(normalize_path(path))
     if match is None:

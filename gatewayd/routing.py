@@ -4,7 +4,10 @@ A route's policy must not be escapable by spelling a path differently, so
 matching happens on one canonical form: percent-encoded unreserved characters
 decoded (RFC 3986 section 6.2.2.2), dot segments resolved, duplicate slashes
 folded. An encoded slash would let a path mean two things to two parsers and
-is refused outright.
+is refused outright, and so is any request target but a path: the gateway is
+no forward proxy, and aiohttp would report only the path of an absolute URL
+(`POST http://host/v1/...`), so the route would be matched on one string and
+audited as another.
 """
 
 from __future__ import annotations
@@ -29,14 +32,20 @@ def _decode_unreserved(match: re.Match[str]) -> str:
 def normalize_path(raw: str) -> str:
     """The canonical form of a raw (still percent-encoded) request path.
 
-    Raises BadRequest for encoded slashes or dot segments that climb above the root.
+    Raises BadRequest for a target that is not a path (absolute-form,
+    asterisk-form), encoded slashes, or dot segments that climb above the root.
     """
+    if not raw.startswith("/"):
+        raise BadRequest(
+            "the request target must be a path: the gateway is not a forward proxy",
+            code="invalid_request_target",
+        )
     if "%" in raw:
         if _ENCODED_SLASH.search(raw):
             raise BadRequest("encoded slashes are not allowed in the path", code="invalid_path")
         raw = _PERCENT.sub(_decode_unreserved, raw)
     if "//" not in raw and "/." not in raw:
-        return raw if raw.startswith("/") else "/" + raw
+        return raw
     segments: list[str] = []
     for segment in raw.split("/"):
         if segment in ("", "."):

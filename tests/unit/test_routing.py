@@ -37,6 +37,16 @@ def test_normalize_path_refuses(raw: str) -> None:
         normalize_path(raw)
 
 
+@pytest.mark.parametrize(
+    "raw", ["http://api.openai.com/v1/chat/completions", "*", "api.openai.com:443", "v1/models", ""]
+)
+def test_normalize_path_refuses_targets_that_are_not_paths(raw: str) -> None:
+    """Absolute-form, asterisk-form and authority-form targets are refused, not read as paths."""
+    with pytest.raises(BadRequest) as caught:
+        normalize_path(raw)
+    assert caught.value.code == "invalid_request_target"
+
+
 def _table(*routes: tuple[str, str, bool]) -> RouteTable:
     return RouteTable(
         RouteConfig(name=name, prefix=prefix, upstream="u", strip_prefix=strip)
