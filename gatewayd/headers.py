@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import random
 import re
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    # Only a type here: the config builder imports this module's header sets.
+    from gatewayd.config.schema import UpstreamConfig
 
 # Hop-by-hop: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -27,10 +32,31 @@ HOP_BY_HOP = frozenset(
 # Content-Length from the body it actually forwards. That body is always the
 # decoded one (aiohttp inflates gzip/deflate request bodies, and the guardrails
 # read and the size limit counts the text), so its Content-Encoding goes too.
-_REQUEST_DROP = tuple(
-    HOP_BY_HOP | {"host", "authorization", "content-length", "content-encoding", "expect"}
+GATEWAY_SET = frozenset({"host", "authorization", "content-length", "content-encoding", "expect"})
+
+# Other APIs' keys, and the selectors of who pays: a client must not send
+# its own credentials beside the gateway's key, nor choose which of the
+# key's organisations or projects is billed. Back from the upstream they
+# would name the gateway's account, so they are dropped both ways.
+CREDENTIALS = frozenset(
+    {
+        "api-key",  # Azure OpenAI
+        "x-api-key",  # Anthropic, AWS API Gateway
+        "x-goog-api-key",  # Gemini
+        "ocp-apim-subscription-key",  # Azure API Management
+        "openai-organization",
+        "openai-project",
+        "x-goog-user-project",  # the Google Cloud project billed
+        "cookie",
+    }
 )
-_RESPONSE_DROP = tuple(HOP_BY_HOP | {"content-length", "server", "date"})
+
+# Precomputed once: the request path only walks these tuples.
+_REQUEST_DROP = tuple(HOP_BY_HOP | GATEWAY_SET | CREDENTIALS)
+# The upstream's cookies and any key it echoes stay at the gateway too.
+_RESPONSE_DROP = tuple(
+    HOP_BY_HOP | CREDENTIALS | {"authorization", "set-cookie", "content-length", "server", "date"}
+)
 
 REQUEST_ID = "X-Request-Id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -52,16 +78,29 @@ def _filter(
     return out
 
 
-def upstream_request_headers(headers: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    """The client's headers as they may go upstream, with our request id."""
+def upstream_request_headers(
+    headers: CIMultiDictProxy[str], request_id: str, upstream: UpstreamConfig
+) -> CIMultiDict[str]:
+    """The client's headers as they may go upstream: without the upstream's
+    drop_headers, with its configured headers (replacing the client's) and our request id."""
     out = _filter(headers, _REQUEST_DROP)
+    for name in upstream.drop_headers:
+        out.popall(name, None)
+    for name, value in upstream.headers:
+        out[name] = value
     out[REQUEST_ID] = request_id
     return out
 
 
-def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers as they may go back to the client."""
-    return _filter(headers, _RESPONSE_DROP)
+def client_response_headers(
+    headers: CIMultiDictProxy[str], upstream: UpstreamConfig
+) -> CIMultiDict[str]:
+    """The upstream's response headers as they may go back to the client; the
+    headers configured for the upstream are its credentials, never echoed back."""
+    out = _filter(headers, _RESPONSE_DROP)
+    for name, _ in upstream.headers:
+        out.popall(name, None)
+    return out
 
 
 def request_id_from(headers: CIMultiDictProxy[str]) -> str:

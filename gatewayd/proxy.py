@@ -115,6 +115,7 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
     route = match.route
     ex.route, ex.upstream = route.name, route.upstream
     upstream = runtime.upstreams[route.upstream]
+    upstream_config = runtime.config.upstreams[route.upstream]
     guard = runtime.guards.get(route.policy) if route.policy else None
     if guard is not None and guard.policy.mode is Mode.OFF:
         guard = None
@@ -129,7 +130,7 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
     elif ex.audited and body and _is_json(request.content_type):
         _record_request(ex, _parse_unguarded(body))
 
-    headers = upstream_request_headers(request.headers, ex.request_id)
+    headers = upstream_request_headers(request.headers, ex.request_id, upstream_config)
     output_guard = (
         guard if checked is not None and guard is not None and guard.wants_answer(checked) else None
     )
@@ -141,7 +142,7 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
     ex.attempts, ex.upstream_ms = sent.attempts, sent.upstream_ms
     response = sent.response
     try:
-        out_headers = client_response_headers(response.headers)
+        out_headers = client_response_headers(response.headers, upstream_config)
         out_headers[REQUEST_ID] = ex.request_id
         ctype = response.headers.get("Content-Type", "")
         if ctype.startswith("text/event-stream"):

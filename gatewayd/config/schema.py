@@ -115,6 +115,12 @@ class UpstreamConfig:
     dns_ttl: float = 300.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # Set on every request, replacing the client's (e.g. Azure's api-key);
+    # (name, value) pairs in the order written, so the request path walks a
+    # tuple. Values are secrets: never shown, logged or sent back to clients.
+    headers: tuple[tuple[str, Secret], ...] = ()
+    # More client headers never forwarded, beside the built-in credential list.
+    drop_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import re
+
 from gatewayd.config import values as v
 from gatewayd.config.reader import Many, Reader, Spec
-from gatewayd.config.schema import BreakerConfig, RetryConfig, RouteConfig, UpstreamConfig
+from gatewayd.config.schema import (
+    BreakerConfig,
+    RetryConfig,
+    RouteConfig,
+    Secret,
+    UpstreamConfig,
+)
+from gatewayd.config.source import Scalar
+from gatewayd.headers import GATEWAY_SET, HOP_BY_HOP, REQUEST_ID
+
+# RFC 9110 section 5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers the gateway sets or strips itself, per request or per connection.
+_OWNED = HOP_BY_HOP | GATEWAY_SET | {REQUEST_ID.lower()}
+
+
+def _header_name(scalar: Scalar) -> str:
+    """A header name an upstream's headers may set or its drop_headers drop."""
+    name = scalar.text.strip()
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{v.shown(name)} is not a header name")
+    if name.lower() == "authorization":
+        raise ValueError("Authorization is the upstream's api_key (sent as Bearer)")
+    if name.lower() in _OWNED:
+        raise ValueError(f"{name} is handled by the gateway itself")
+    return name
+
+
+def _header_value(scalar: Scalar) -> Secret:
+    """A header value: a secret (never shown), on one line."""
+    value = v.secret(scalar)
+    if any(char in value for char in "\r\n\0"):
+        raise ValueError("a header value must be one line")
+    return value
+
 
 _UPSTREAM: Spec = {
     "api_key": v.secret,
@@ -16,6 +52,7 @@ _UPSTREAM: Spec = {
     "pool_size_per_host": v.integer(0),
     "keepalive": v.duration(),
     "dns_ttl": v.duration(),
+    "drop_headers": Many(_header_name),
 }
 _RETRY: Spec = {
     "attempts": v.integer(1, 10),
@@ -43,9 +80,28 @@ def read_upstreams(root: Reader) -> dict[str, UpstreamConfig]:
         breaker = reader.table("breaker")
         if breaker is not None:
             fields["breaker"] = read_breaker(breaker)
+        headers = _headers(reader, fields.get("drop_headers", ()))
+        if headers:
+            fields["headers"] = headers
         if urls:
             result[name] = UpstreamConfig(name=name, urls=urls, **fields)
     return result
+
+
+def _headers(reader: Reader, dropped: tuple[str, ...]) -> tuple[tuple[str, Secret], ...]:
+    """The `headers` table as (name, value) pairs; a name is set once, and not
+    also dropped by drop_headers."""
+    taken = {name.lower() for name in dropped}
+
+    def once(scalar: Scalar) -> str:
+        name = _header_name(scalar)
+        if name.lower() in taken:
+            raise ValueError(f"{name} is set twice, or also listed in drop_headers")
+        taken.add(name.lower())
+        return name
+
+    written = reader.mapping("headers", once, _header_value)
+    return tuple(written.items()) if written else ()
 
 
 def _urls(reader: Reader) -> tuple[str, ...] | None:

@@ -186,3 +186,82 @@ async def test_authority_and_asterisk_forms_never_reach_the_upstream(
         reply = await _raw_exchange(gw.url, sent)
     assert re.match(rb"HTTP/1\.1 4[0-9][0-9] ", reply)
     assert fake_upstream.state.received == []
+
+
+# --- credential and billing headers ----------------------------------------------
+
+CLIENT_CREDENTIALS = {
+    "api-key": "azure-client-key",
+    "X-Api-Key": "anthropic-client-key",
+    "x-goog-api-key": "gemini-client-key",
+    "OpenAI-Organization": "org-client",
+    "OpenAI-Project": "proj-client",
+    "Cookie": "session=client",
+    "Ocp-Apim-Subscription-Key": "apim-client-key",
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/open/v1/echo"])
+async def test_client_credential_and_billing_headers_are_not_forwarded(
+    tmp_path: Path, fake_upstream: FakeUpstream, path: str
+) -> None:
+    """A client cannot send its own keys, nor choose the org or project the gateway's key bills."""
+    config = _config(tmp_path, fake_upstream.url)
+    status, _, _ = await _ask(config, path, method="GET", headers=CLIENT_CREDENTIALS)
+    assert status == 200
+    received = fake_upstream.state.received[-1].headers
+    for name in CLIENT_CREDENTIALS:
+        assert name not in received, name
+    assert received["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_upstream_headers_and_drop_headers_apply(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configured headers replace the client's, and configured names are dropped."""
+    monkeypatch.setenv("GATEWAY_ORG", "org-gateway")
+    extra = """headers:
+              OpenAI-Organization: ${GATEWAY_ORG}
+              X-Tenant: gatewayd
+            drop_headers: [X-Debug-Route, x-client-hint]"""
+    sent = {
+        "OpenAI-Organization": "org-client",
+        "X-Tenant": "client",
+        "X-Debug-Route": "internal",
+        "X-Client-Hint": "1",
+        "X-Kept": "yes",
+    }
+    config = _config(tmp_path, fake_upstream.url, upstream_extra=extra)
+    status, _, _ = await _ask(config, "/open/v1/echo", method="GET", headers=sent)
+    assert status == 200
+    received = fake_upstream.state.received[-1].headers
+    assert received.getall("OpenAI-Organization") == ["org-gateway"]
+    assert received.getall("X-Tenant") == ["gatewayd"]
+    assert "X-Debug-Route" not in received
+    assert "X-Client-Hint" not in received
+    assert received["X-Kept"] == "yes"
+
+
+@pytest.mark.parametrize("path", ["/open/v1/models", "/v1/chat/completions"])
+async def test_upstream_credentials_and_cookies_never_reach_the_client(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Set-Cookie, the upstream's credential headers and the org its key bills stay here."""
+    monkeypatch.setenv("AZURE_KEY", "azure-secret")
+    leaked = {
+        "Set-Cookie": "__cf_bm=upstream",
+        "Authorization": f"Bearer {KEY}",
+        "api-key": "azure-secret",
+        "OpenAI-Organization": "org-gateway",
+        "OpenAI-Project": "proj-gateway",
+    }
+    fake_upstream.state.answer_headers = {**leaked, "x-ratelimit-remaining-requests": "99"}
+    config = _config(
+        tmp_path, fake_upstream.url, upstream_extra="headers: {api-key: '${AZURE_KEY}'}"
+    )
+    method = "GET" if path.endswith("models") else "POST"
+    status, headers, _ = await _ask(config, path, method=method)
+    assert status == 200
+    for name in leaked:
+        assert name not in headers, name
+    assert headers["x-ratelimit-remaining-requests"] == "99"

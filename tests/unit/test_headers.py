@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gatewayd.config.schema import Secret, UpstreamConfig
 from gatewayd.headers import client_response_headers, request_id_from, upstream_request_headers
+
+PLAIN = UpstreamConfig(name="u", urls=("http://u",))
 
 
 def _h(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -27,15 +30,45 @@ def test_request_drops_hop_by_hop_auth_and_host() -> None:
             ("Proxy-Authorization", "Basic x"),
             ("Content-Length", "10"),
             ("Content-Type", "application/json"),
-            ("OpenAI-Organization", "org-1"),
         ),
         "rid-1",
+        PLAIN,
     )
-    assert dict(out) == {
-        "Content-Type": "application/json",
-        "OpenAI-Organization": "org-1",
-        "X-Request-Id": "rid-1",
-    }
+    assert dict(out) == {"Content-Type": "application/json", "X-Request-Id": "rid-1"}
+
+
+def test_request_drops_client_credentials_and_billing_selectors() -> None:
+    """Other APIs' keys, cookies and the org or project to bill never go upstream."""
+    sent = [
+        ("api-key", "k1"),
+        ("X-API-Key", "k2"),
+        ("x-goog-api-key", "k3"),
+        ("Ocp-Apim-Subscription-Key", "k4"),
+        ("OpenAI-Organization", "org-1"),
+        ("openai-project", "proj-1"),
+        ("X-Goog-User-Project", "gcp-1"),
+        ("Cookie", "a=b"),
+        ("OpenAI-Beta", "assistants=v2"),
+    ]
+    out = upstream_request_headers(_h(*sent), "rid-1", PLAIN)
+    assert dict(out) == {"OpenAI-Beta": "assistants=v2", "X-Request-Id": "rid-1"}
+
+
+def test_request_applies_the_upstreams_headers_and_drop_headers() -> None:
+    """An upstream's headers replace every client value of theirs; its drop_headers go."""
+    upstream = UpstreamConfig(
+        name="azure",
+        urls=("http://u",),
+        headers=(("api-key", Secret("azure-key")), ("X-Tenant", Secret("t1"))),
+        drop_headers=("X-Debug",),
+    )
+    sent = _h(("API-Key", "client"), ("x-tenant", "a"), ("X-Tenant", "b"), ("x-debug", "1"))
+    out = upstream_request_headers(sent, "rid-1", upstream)
+    assert sorted(out.items()) == [
+        ("X-Request-Id", "rid-1"),
+        ("X-Tenant", "t1"),
+        ("api-key", "azure-key"),
+    ]
 
 
 def test_response_drops_hop_by_hop() -> None:
@@ -48,12 +81,31 @@ def test_response_drops_hop_by_hop() -> None:
             ("Content-Length", "3"),
             ("Content-Type", "application/json"),
             ("x-ratelimit-remaining-requests", "99"),
-        )
+        ),
+        PLAIN,
     )
     assert dict(out) == {
         "Content-Type": "application/json",
         "x-ratelimit-remaining-requests": "99",
     }
+
+
+def test_response_drops_cookies_and_the_upstreams_credentials() -> None:
+    """Set-Cookie, echoed keys, the billed org and the upstream's configured headers stay here."""
+    upstream = UpstreamConfig(name="u", urls=("http://u",), headers=(("X-Tenant", Secret("t")),))
+    out = client_response_headers(
+        _h(
+            ("Set-Cookie", "__cf_bm=1"),
+            ("Authorization", "Bearer sk-upstream"),
+            ("api-key", "azure-key"),
+            ("openai-organization", "org-gateway"),
+            ("OpenAI-Project", "proj-gateway"),
+            ("x-tenant", "t"),
+            ("openai-processing-ms", "12"),
+        ),
+        upstream,
+    )
+    assert dict(out) == {"openai-processing-ms": "12"}
 
 
 def test_request_id_kept_when_sane() -> None:

@@ -188,6 +188,94 @@ def test_breaker_problems(write: Write, problems: Problems, line: str, message: 
     assert [str(p) for p in problems(path)] == [f"{path}:5: upstreams.u.{message}"]
 
 
+def test_upstream_headers_yaml_and_ini(write: Write) -> None:
+    """headers (values from the environment, as secrets) and drop_headers read alike from both."""
+    yaml = write(
+        "gw.yaml",
+        """
+        upstreams:
+          azure:
+            url: http://h
+            headers:
+              api-key: ${AZURE_KEY}
+              X-Tenant: gatewayd
+            drop_headers: [X-Debug, x-client-hint]
+        """,
+    )
+    ini = write(
+        "gw.ini",
+        """
+        [upstreams.azure]
+        url = http://h
+        drop_headers = X-Debug, x-client-hint
+        [upstreams.azure.headers]
+        api-key = ${AZURE_KEY}
+        X-Tenant = gatewayd
+        """,
+    )
+    env = {"AZURE_KEY": "azure-live-key"}
+    upstream = load(yaml, env).upstreams["azure"]
+    assert upstream == load(ini, env).upstreams["azure"]
+    assert upstream.headers == (("api-key", "azure-live-key"), ("X-Tenant", "gatewayd"))
+    assert all(isinstance(value, Secret) for _, value in upstream.headers)
+    assert upstream.drop_headers == ("X-Debug", "x-client-hint")
+    assert "azure-live-key" not in repr(upstream)
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "key", "message"),
+    [
+        (
+            "headers:\n      'bad name': x",
+            5,
+            "headers.bad name",
+            "'bad name' is not a header name",
+        ),
+        (
+            "headers:\n      Authorization: Bearer sk-live-x",
+            5,
+            "headers.Authorization",
+            "Authorization is the upstream's api_key (sent as Bearer)",
+        ),
+        ("headers:\n      Host: other", 5, "headers.Host", "Host is handled by the gateway itself"),
+        (
+            "drop_headers: [X-Request-Id]",
+            4,
+            "drop_headers",
+            "X-Request-Id is handled by the gateway itself",
+        ),
+        (
+            "headers:\n      X-Tenant: a\n      x-tenant: b",
+            6,
+            "headers.x-tenant",
+            "x-tenant is set twice, or also listed in drop_headers",
+        ),
+        (
+            "drop_headers: [api-key]\n    headers:\n      API-Key: sk-live-x",
+            6,
+            "headers.API-Key",
+            "API-Key is set twice, or also listed in drop_headers",
+        ),
+        (
+            'headers:\n      X-Tenant: "sk-live-a\\nX-Evil: 1"',
+            5,
+            "headers.X-Tenant",
+            "a header value must be one line",
+        ),
+        ("headers:\n      X-Tenant: ${UNSET_VAR:-}", 5, "headers.X-Tenant", "is required"),
+        ("headers: [a]", 4, "headers", "expected a table, got a list"),
+    ],
+)
+def test_upstream_header_problems(
+    write: Write, problems: Problems, lines: str, line: int, key: str, message: str
+) -> None:
+    """Bad upstream header names and values are problems on their line, never showing a value."""
+    path = write("gw.yaml", f"upstreams:\n  u:\n    url: http://h\n    {lines}\n")
+    (problem,) = problems(path)
+    assert (problem.line, problem.key, problem.message) == (line, f"upstreams.u.{key}", message)
+    assert "sk-live" not in str(problem)
+
+
 @pytest.mark.parametrize("name", ["open ai", "-x", "a.b"])
 def test_bad_names(write: Write, problems: Problems, name: str) -> None:
     """Names used in metrics and INI sections are words without dots or spaces."""
