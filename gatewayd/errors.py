@@ -14,6 +14,7 @@ at the boundary where they happen (`raise ... from exc`).
     │   ├── UnreadableAnswer         502 unsupported_response (an answer the policy cannot read)
     │   └── UpstreamError
     │       ├── UpstreamUnavailable  502 connect failure / 503 breaker open
+    │       │   └── UnreadableUpstreamAnswer  502 an answer the guardrails cannot parse
     │       └── UpstreamTimeout      504
     └── FilterError                  a remote filter failed; the pipeline applies on_error
 
@@ -164,6 +165,22 @@ class UpstreamUnavailable(UpstreamError):
     def __init__(self, message: str, *, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UnreadableUpstreamAnswer(UpstreamUnavailable):
+    """An answer the guardrails had to read but could not: an encoding they cannot
+    undo, or a body that is not the JSON object (or SSE stream) it must be.
+
+    `reason` is a metric label (encoding, size, json). Clients are told not
+    to retry: the completion was generated, and billed, already.
+    """
+
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"x-should-retry": "false"})
+
+    def __init__(self, reason: str, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts
 
 
 class UpstreamTimeout(UpstreamError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from gatewayd.errors import (
     NotFound,
     RequestTimeout,
     RequestTooLarge,
+    UnreadableUpstreamAnswer,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -45,6 +47,7 @@ from gatewayd.headers import (
     request_id_from,
     upstream_request_headers,
 )
+from gatewayd.observability.metrics import UNREADABLE_ANSWERS, child
 from gatewayd.routing import normalize_path
 from gatewayd.runtime import Runtime, RuntimeHolder
 
@@ -144,13 +147,20 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
     try:
         out_headers = client_response_headers(response.headers, upstream_config)
         out_headers[REQUEST_ID] = ex.request_id
-        ctype = response.headers.get("Content-Type", "")
-        if ctype.startswith("text/event-stream"):
-            result = await _relay_stream(request, response, out_headers, output_guard, checked, ex)
-        elif output_guard is not None and checked is not None and _is_json(ctype) and response.ok:
-            result = await _relay_guarded(response, out_headers, output_guard, checked, ex)
+        media = _media_type(response.headers.get("Content-Type", ""))
+        if output_guard is not None and checked is not None and 200 <= response.status < 300:
+            result = await _relay_read(
+                request, response, out_headers, media, output_guard, checked, ex
+            )
+        elif media == _SSE:
+            chunks = _upstream_chunks(response, ex)
+            result = await _relay_stream(
+                request, response, chunks, out_headers, output_guard, checked, ex
+            )
         else:
-            result = await _relay_plain(request, response, out_headers, ex)
+            # Errors and redirects too: they carry no model output, at most
+            # the request (placeholders, not values) echoed in a message.
+            result = await _relay_plain(request, response, out_headers, media, ex)
         return result
     finally:
         # An answer not read to the end (client gone, output blocked) must not
@@ -189,8 +199,16 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
     return b"".join(chunks)
 
 
-def _is_json(content_type: str) -> bool:
-    return content_type.startswith("application/json") or "+json" in content_type
+_SSE = "text/event-stream"
+
+
+def _media_type(content_type: str) -> str:
+    """A Content-Type's media type as compared: lower case, without parameters."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _is_json(media: str) -> bool:
+    return media == "application/json" or media.endswith("+json")
 
 
 async def _inspect(
@@ -286,6 +304,7 @@ async def _relay_plain(
     request: web.Request,
     response: aiohttp.ClientResponse,
     out_headers: CIMultiDict[str],
+    media: str,
     ex: Exchange,
 ) -> web.StreamResponse:
     """The upstream's answer as it came: status, headers, bytes."""
@@ -293,7 +312,7 @@ async def _relay_plain(
     if length is not None and length <= _BUFFER_LIMIT:
         raw = await response.read()
         ex.bytes_out = len(raw)
-        if ex.audited and response.ok and _is_json(response.headers.get("Content-Type", "")):
+        if ex.audited and response.ok and _is_json(media):
             _record_usage(ex, usage_of(raw))
         return web.Response(status=response.status, body=raw, headers=out_headers)
     out = web.StreamResponse(status=response.status, headers=out_headers)
@@ -308,24 +327,53 @@ async def _relay_plain(
     return out
 
 
-async def _relay_guarded(
+async def _relay_read(
+    request: web.Request,
     response: aiohttp.ClientResponse,
     out_headers: CIMultiDict[str],
+    media: str,
     guard: Guard,
     checked: RequestResult,
     ex: Exchange,
 ) -> web.StreamResponse:
-    """A whole JSON answer through the output stage: restore, then filters."""
+    """A successful (2xx) answer the guard reads, and so must be able to read.
+
+    The gateway asks for identity, but an upstream may compress anyway: gzip
+    and deflate are inflated as the bytes arrive, any other encoding cannot be
+    read. The label decides between JSON and SSE; an answer labelled neither
+    (text/plain, none at all) is an SSE stream if its first bytes are an SSE
+    field, else read as JSON. What cannot be read is refused, or with
+    on_error=allow passed unread and recorded unchecked.
+    """
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
-    raw = _decoded(await response.read(), encoding, ex)
+    if encoding not in _IDENTITY and encoding not in _INFLATABLE:
+        _settle_unreadable(guard, ex, "encoding", "it is in an encoding they cannot undo")
+        if media == _SSE:
+            unread = _upstream_chunks(response, ex)
+            return await _relay_stream(request, response, unread, out_headers, None, None, ex)
+        return await _relay_plain(request, response, out_headers, media, ex)
+    # None while the answer can be read as it came, whole or streamed.
+    chunks: AsyncIterator[bytes] | None = None
     if encoding not in _IDENTITY:
         out_headers.popall("Content-Encoding", None)
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        doc = None
+        chunks = _inflated(_upstream_chunks(response, ex), ex)
+    endpoint = checked.endpoint
+    opaque = endpoint is not None and endpoint.opaque_answer
+    if media != _SSE and not opaque and not _is_json(media):
+        head, chunks = await _head(chunks or _upstream_chunks(response, ex))
+        if _SSE_FIELD.match(head):
+            media = _SSE
+    if media == _SSE:
+        chunks = chunks or _upstream_chunks(response, ex)
+        return await _relay_stream(request, response, chunks, out_headers, guard, checked, ex)
+    # read() is several microseconds quicker than joining the chunks.
+    raw = await response.read() if chunks is None else b"".join([c async for c in chunks])
+    # A file's content is not parsed: the guard settles it by its endpoint.
+    doc = {} if opaque else _json_object(raw)
     body = raw
-    if isinstance(doc, dict):
+    if doc is None:
+        _settle_unreadable(guard, ex, "json", "it is not a JSON object")
+    else:
         _record_usage(ex, doc.get("usage"))
         result = await guard.inspect_response(raw, doc, checked)
         _enforce(result.verdict, guard, "response")
@@ -335,35 +383,100 @@ async def _relay_guarded(
     return web.Response(status=response.status, body=body, headers=out_headers)
 
 
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """The answer's JSON object, or None: orjson reads strict JSON only, so NaN,
+    Infinity (which Python's json takes) and invalid UTF-8 are None too."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+# An SSE line: a comment, or a field name and its colon (or line end), after
+# an optional byte order mark. JSON never starts like this.
+_SSE_FIELD = re.compile(rb"(?:\xef\xbb\xbf)?(?::|(?:data|event|id|retry)[:\r\n])")
+_SNIFF_BYTES = 16
+
+
+async def _head(chunks: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first bytes of an answer (enough to tell SSE), and its chunks from the start."""
+    head = b""
+    async for chunk in chunks:
+        head += chunk
+        if len(head) >= _SNIFF_BYTES:
+            break
+    return head, _after(head, chunks)
+
+
+async def _after(head: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in chunks:
+        yield chunk
+
+
+UNREADABLE = "unreadable_answer"
+"""What `Summary.unchecked` names for an answer on_error=allow passed unread."""
+
+
+def _settle_unreadable(guard: Guard, ex: Exchange, reason: str, why: str) -> None:
+    """An answer the guard cannot read: refused (raises), or with on_error=allow
+    passed on unread, counted and recorded in the audit as unchecked."""
+    if guard.policy.on_error == "block":
+        raise _unreadable(ex, reason, why)
+    child(UNREADABLE_ANSWERS, ex.route or "", reason, "passed").inc()
+    if ex.summary is not None and UNREADABLE not in ex.summary.unchecked:
+        ex.summary.unchecked.append(UNREADABLE)
+
+
+def _unreadable(ex: Exchange, reason: str, why: str) -> UnreadableUpstreamAnswer:
+    """The refusal of an answer the guard cannot read, counted; `reason` is a label."""
+    child(UNREADABLE_ANSWERS, ex.route or "", reason, "refused").inc()
+    message = f"the guardrails could not read the answer of upstream {ex.upstream}: {why}"
+    return UnreadableUpstreamAnswer(reason, message, attempts=ex.attempts)
+
+
 _IDENTITY = ("", "identity")
-# An inflated answer larger than this is refused rather than inspected.
+_INFLATABLE = ("gzip", "x-gzip", "deflate")
+# An answer inflating to more than this is refused rather than inspected.
 _INFLATE_LIMIT = 64 * 1024 * 1024
 
 
-def _decoded(raw: bytes, encoding: str, ex: Exchange) -> bytes:
-    """The answer as the guard must read it. The gateway asks for identity, but
-    an upstream may compress anyway: gzip and deflate are inflated; any other
-    encoding cannot be inspected, so the answer is refused, not relayed unread."""
-    if encoding in _IDENTITY:
-        return raw
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise UpstreamUnavailable(
-            f"upstream {ex.upstream} answered in an encoding the guardrails cannot read"
-        )
+async def _inflated(chunks: AsyncIterator[bytes], ex: Exchange) -> AsyncIterator[bytes]:
+    """gzip or deflate undone as the chunks arrive, in pieces of at most
+    _BUFFER_LIMIT (a small chunk can inflate to gigabytes), _INFLATE_LIMIT in all.
+
+    Bytes that do not inflate, stop short or run past the compressed data's
+    end are refused whatever on_error says: there is no whole answer to pass.
+    """
     # 32 + MAX_WBITS: take a gzip or a zlib header, whichever the answer has.
     inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
-    try:
-        plain = inflater.decompress(raw, _INFLATE_LIMIT)
-    except zlib.error as exc:
-        raise UpstreamUnavailable(f"upstream {ex.upstream} sent an undecodable answer") from exc
-    if inflater.unconsumed_tail:
-        raise UpstreamUnavailable(f"upstream {ex.upstream} answer too large to inspect")
-    return plain
+    total = 0
+    async for chunk in chunks:
+        data = chunk
+        while True:
+            try:
+                piece = inflater.decompress(data, _BUFFER_LIMIT)
+            except zlib.error as exc:
+                raise _unreadable(ex, "encoding", "its compressed bytes are corrupt") from exc
+            total += len(piece)
+            if total > _INFLATE_LIMIT:
+                raise _unreadable(ex, "size", f"it inflates past {_INFLATE_LIMIT} bytes")
+            if piece:
+                yield piece
+            data = inflater.unconsumed_tail
+            # A full piece may leave output pending with no input left.
+            if not data and len(piece) < _BUFFER_LIMIT:
+                break
+    if not inflater.eof or inflater.unused_data:
+        raise _unreadable(ex, "encoding", "its compressed bytes are cut short or run on")
 
 
 async def _relay_stream(
     request: web.Request,
     response: aiohttp.ClientResponse,
+    chunks: AsyncIterator[bytes],
     out_headers: CIMultiDict[str],
     guard: Guard | None,
     checked: RequestResult | None,
@@ -379,7 +492,7 @@ async def _relay_stream(
     # The last two chunks sent, for the usage the final event carries.
     previous = last = b""
     try:
-        async for chunk in _upstream_chunks(response, ex):
+        async for chunk in chunks:
             data = await stream_guard.feed(chunk) if stream_guard is not None else chunk
             if data:
                 await out.write(data)

@@ -138,6 +138,13 @@ PRESIDIO_DURATION = Histogram(
     buckets=_LATENCY,
     registry=REGISTRY,
 )
+UNREADABLE_ANSWERS = Counter(
+    "gatewayd_unreadable_answers_total",
+    "Answers the output guardrails had to read but could not, by reason (encoding, "
+    "size, json) and outcome (refused, or passed unchecked by on_error allow).",
+    ["route", "reason", "outcome"],
+    registry=REGISTRY,
+)
 RATELIMIT_REJECTIONS = Counter(
     "gatewayd_ratelimit_rejections_total",
     "Requests refused by the rate limiter, by route.",

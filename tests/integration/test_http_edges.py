@@ -1,9 +1,12 @@
-"""The gateway's HTTP edges: which methods, targets and headers cross it."""
+"""The gateway's HTTP edges: which methods, targets and headers cross it, and which
+answers a guarded route refuses because its guardrails cannot read them."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +15,17 @@ import orjson
 import pytest
 from multidict import CIMultiDictProxy
 
+from gatewayd import proxy
 from gatewayd.config.schema import Config
+from gatewayd.observability.metrics import REGISTRY
 from tests.conftest import FakeUpstream
 from tests.harness import running_gateway, write_config
 
 KEY = "sk-upstream-secret"
 CHAT = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hello"}]}
+# What the fake model says: a value the output filter must never let through.
+LEAK = "bob@example.org"
+ANSWER = f"write to {LEAK}"
 
 
 def _config(
@@ -84,8 +92,208 @@ async def _ask(
         return resp.status, resp.headers, await resp.read()
 
 
+STREAM = {**CHAT, "stream": True}
+CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "gpt-fake"}
+
+
 def _audit(tmp_path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+
+
+def _refusals(reason: str, outcome: str) -> float:
+    labels = {"route": "guarded", "reason": reason, "outcome": outcome}
+    return REGISTRY.get_sample_value("gatewayd_unreadable_answers_total", labels) or 0.0
+
+
+def _whole(content: str, logprobs: str = "null") -> bytes:
+    """A chat completion as an upstream would write it, `logprobs` spliced in as is."""
+    message = orjson.dumps({"role": "assistant", "content": content}).decode()
+    return (
+        '{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-fake",'
+        f'"choices":[{{"index":0,"message":{message},"logprobs":{logprobs},'
+        '"finish_reason":"stop"}]}'
+    ).encode()
+
+
+def _refused(body: bytes) -> dict[str, Any]:
+    """The error of an answer refused as unreadable; none of the answer is in it."""
+    assert LEAK.encode() not in body
+    error: dict[str, Any] = orjson.loads(body)["error"]
+    assert error["code"] == "upstream_unavailable"
+    assert "guardrails could not read" in error["message"]
+    return error
+
+
+# --- answers the guard must read -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(_whole(ANSWER, "NaN"), id="NaN"),
+        pytest.param(_whole(ANSWER, "-Infinity"), id="-Infinity"),
+        pytest.param(_whole(ANSWER + " BAD").replace(b"BAD", b"\xff"), id="bad-utf8"),
+        pytest.param(b"[" + _whole(ANSWER) + b"]", id="not-an-object"),
+        pytest.param(ANSWER.encode(), id="not-json"),
+    ],
+)
+async def test_answer_orjson_rejects_is_refused(
+    tmp_path: Path, fake_upstream: FakeUpstream, answer: bytes
+) -> None:
+    """A JSON answer the guard cannot parse (Python's json would) is a 502, never relayed."""
+    fake_upstream.state.answer_bytes = answer
+    before = _refusals("json", "refused")
+    status, headers, body = await _ask(_config(tmp_path, fake_upstream.url))
+    assert status == 502
+    assert headers["x-should-retry"] == "false"
+    _refused(body)
+    assert _refusals("json", "refused") == before + 1
+    (event,) = _audit(tmp_path)
+    assert (event["status"], event["error"], event["attempts"]) == (502, "upstream_unavailable", 1)
+
+
+async def test_unreadable_answer_passes_unchecked_with_on_error_allow(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """With on_error allow an unreadable answer reaches the client as sent, audited unchecked."""
+    answer = _whole(ANSWER, "NaN")
+    fake_upstream.state.answer_bytes = answer
+    before = _refusals("json", "passed")
+    status, _, body = await _ask(_config(tmp_path, fake_upstream.url, on_error="allow"))
+    assert (status, body) == (200, answer)
+    assert _refusals("json", "passed") == before + 1
+    (event,) = _audit(tmp_path)
+    assert event["action"] == "unchecked"
+    assert event["findings"]["unchecked"] == ["unreadable_answer"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "Application/JSON",
+        "application/json ; charset=UTF-8",
+        "application/vnd.api+json",
+        "text/plain",
+        "application/octet-stream",
+    ],
+)
+async def test_json_under_any_label_is_read_and_guarded(
+    tmp_path: Path, fake_upstream: FakeUpstream, content_type: str
+) -> None:
+    """A JSON answer in capitals, with parameters or labelled as text is filtered, not relayed."""
+    fake_upstream.state.answer = ANSWER
+    fake_upstream.state.content_type = content_type
+    status, _, body = await _ask(_config(tmp_path, fake_upstream.url))
+    assert status == 200
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == "write to <EMAIL_ADDRESS_1>"
+
+
+@asynccontextmanager
+async def _raw_upstream(answer: bytes) -> AsyncIterator[str]:
+    """An upstream that answers every request with exactly `answer`: status line, headers, body."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *([0-9]+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        pytest.param(_whole(ANSWER), 200, id="json"),
+        pytest.param(
+            b"data: "
+            + orjson.dumps({**CHUNK, "choices": [{"index": 0, "delta": {"content": ANSWER}}]})
+            + b"\n\ndata: [DONE]\n\n",
+            200,
+            id="sse",
+        ),
+        pytest.param(ANSWER.encode(), 502, id="text"),
+        pytest.param(b"", 502, id="empty"),
+    ],
+)
+async def test_unlabelled_answer_is_sniffed_or_refused(
+    tmp_path: Path, answer: bytes, status: int
+) -> None:
+    """With no Content-Type, JSON is read as JSON and SSE as a stream; anything else is refused."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(answer)
+    async with _raw_upstream(head + answer) as url:
+        got, _, body = await _ask(_config(tmp_path, url))
+    assert got == status
+    if status == 200:
+        assert LEAK.encode() not in body
+        assert b"<EMAIL_ADDRESS_1>" in body
+    else:
+        _refused(body)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding"),
+    [
+        ("Text/Event-Stream; charset=utf-8", None),
+        ("text/plain", None),
+        (None, "gzip"),
+        (None, "deflate"),
+    ],
+)
+async def test_stream_labelled_otherwise_or_compressed_is_guarded(
+    tmp_path: Path, fake_upstream: FakeUpstream, content_type: str | None, encoding: str | None
+) -> None:
+    """A stream labelled in capitals, with parameters or as text, or compressed anyway (inflated
+    as it comes) is filtered event by event, not relayed unread."""
+    fake_upstream.state.answer = ANSWER
+    fake_upstream.state.content_type = content_type
+    fake_upstream.state.stream_encoding = encoding
+    status, headers, body = await _ask(_config(tmp_path, fake_upstream.url), json=STREAM)
+    assert status == 200
+    assert "Content-Encoding" not in headers
+    assert LEAK.encode() not in body
+    assert b"<EMAIL_ADDRESS_1>" in body
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_compressed_stream_inflating_past_the_limit_ends_with_an_error(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed stream inflating past the bound ends with an error event, unread beyond it."""
+    monkeypatch.setattr(proxy, "_INFLATE_LIMIT", 256)
+    fake_upstream.state.answer = "x" * 4096 + ANSWER
+    fake_upstream.state.stream_encoding = "gzip"
+    before = _refusals("size", "refused")
+    _, _, body = await _ask(_config(tmp_path, fake_upstream.url), json=STREAM)
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    _refused(last.removeprefix(b"data: "))
+    assert _refusals("size", "refused") == before + 1
+
+
+async def test_stream_in_an_unreadable_encoding_is_refused(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """A stream in an encoding the guard cannot inflate is refused before anything is sent."""
+    fake_upstream.state.answer = ANSWER
+    fake_upstream.state.answer_headers = {"Content-Encoding": "br"}
+    status, _, body = await _ask(_config(tmp_path, fake_upstream.url), json=STREAM)
+    assert status == 502
+    _refused(body)
+
+
+async def test_error_answers_are_relayed_as_they_came(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """An upstream error (no model output) keeps its status and body."""
+    fake_upstream.state.fail_next = [429]
+    status, _, body = await _ask(_config(tmp_path, fake_upstream.url))
+    assert status == 429
+    assert orjson.loads(body)["error"]["message"] == "fake failure 429"
 
 
 # --- methods and request targets -------------------------------------------------
