@@ -224,12 +224,45 @@ class _Url(Node):
 # The words JSON schemas and tool definitions are made of: no value hides in
 # them, and a schema repeats them for every property.
 _SCHEMA_WORDS = frozenset(
-    (
-        "type function name description parameters properties items required enum"
-        " strict additionalProperties default format title anyOf oneOf allOf $ref $defs"
-        " definitions minimum maximum minLength maxLength minItems maxItems pattern const"
-        " examples nullable string object integer number boolean array null"
-    ).split()
+    [
+        "type",
+        "function",
+        "name",
+        "description",
+        "parameters",
+        "properties",
+        "items",
+        "required",
+        "enum",
+        "strict",
+        "additionalProperties",
+        "default",
+        "format",
+        "title",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "$defs",
+        "definitions",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "pattern",
+        "const",
+        "examples",
+        "nullable",
+        "string",
+        "object",
+        "integer",
+        "number",
+        "boolean",
+        "array",
+        "null",
+    ]
 )
 
 
