@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 
-from gatewayd.config.schema import OnError
+from gatewayd.config.schema import Mode, OnError, PolicyConfig
 from gatewayd.errors import FilterError
 from gatewayd.guardrails.endpoints import CHAT_COMPLETIONS
 from gatewayd.guardrails.payload import Payload, json_payload
+from gatewayd.guardrails.pipeline import Guard
 from gatewayd.guardrails.types import Span
 
 EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
@@ -135,3 +136,16 @@ def streamed_text(stream: bytes, field: str = "content") -> str:
 def chat_payload(doc: dict[str, Any]) -> Payload:
     """A parsed chat completions request, as the proxy hands it to a guard."""
     return json_payload(CHAT_COMPLETIONS, doc)
+
+
+def restoring_guard(unknown: OnError = "block", output: tuple[str, ...] = ("email",)) -> Guard:
+    """A redacting, restoring policy "p" with the e-mail and phone fakes as input filters."""
+    policy = PolicyConfig(
+        name="p",
+        mode=Mode.REDACT,
+        input=("email", "phone"),
+        output=output,
+        restore=True,
+        unknown=unknown,
+    )
+    return Guard(policy, {"email": email_filter(), "phone": phone_filter()})

@@ -6,26 +6,13 @@ from typing import Any
 
 import orjson
 
-from gatewayd.config.schema import Mode, OnError, PolicyConfig
 from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.payload import json_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Stage
 from gatewayd.observability.metrics import REGISTRY
 
-from .fakes import chat_payload, email_filter, phone_filter
-
-
-def _guard(unknown: OnError = "block", output: tuple[str, ...] = ("email",)) -> Guard:
-    policy = PolicyConfig(
-        name="p",
-        mode=Mode.REDACT,
-        input=("email", "phone"),
-        output=output,
-        restore=True,
-        unknown=unknown,
-    )
-    return Guard(policy, {"email": email_filter(), "phone": phone_filter()})
+from .fakes import chat_payload, restoring_guard
 
 
 async def _request(guard: Guard, doc: dict[str, Any]) -> RequestResult:
@@ -43,7 +30,7 @@ def _answer(message: dict[str, Any]) -> dict[str, Any]:
 async def test_unknown_request_fields_are_refused_without_quoting_them() -> None:
     """A field no shape lists refuses the request (400 unsupported_request) by default."""
     doc = {"messages": [{"role": "user", "content": "hi"}], "sneaky": "a@x.io"}
-    result = await _request(_guard(), doc)
+    result = await _request(restoring_guard(), doc)
     error = result.verdict.as_error("p", "request")
     assert error is not None
     assert (error.status, error.code) == (400, "unsupported_request")
@@ -55,7 +42,7 @@ async def test_unknown_allow_passes_unknown_fields_and_audits_them_unchecked() -
     """With unknown: allow the request goes on, the known texts still redacted, and the
     summary records that something passed unread."""
     doc = {"messages": [{"role": "user", "content": "mail a@x.io"}], "sneaky": 1}
-    result = await _request(_guard(unknown="allow"), doc)
+    result = await _request(restoring_guard(unknown="allow"), doc)
     assert result.verdict.allowed
     assert b"a@x.io" not in result.body
     assert result.summary.unchecked == ["unknown"]
@@ -72,11 +59,11 @@ async def test_unknown_endpoints_follow_the_policy() -> None:
     """An endpoint without a shape is refused, or passed unread and audited, per `unknown`;
     each way is counted."""
     refused_before, passed_before = _unknown_count("refused"), _unknown_count("passed")
-    refused = _guard().unknown_endpoint(b"{}")
+    refused = restoring_guard().unknown_endpoint(b"{}")
     error = refused.verdict.as_error("p", "request")
     assert error is not None
     assert error.code == "unsupported_request"
-    passed = _guard(unknown="allow").unknown_endpoint(b"{}")
+    passed = restoring_guard(unknown="allow").unknown_endpoint(b"{}")
     assert passed.verdict.allowed
     assert passed.summary.unchecked == ["unknown"]
     assert _unknown_count("refused") == refused_before + 1
@@ -86,7 +73,7 @@ async def test_unknown_endpoints_follow_the_policy() -> None:
 async def test_a_placeholder_the_client_wrote_is_never_restored_into_a_value() -> None:
     """A prompt holding the literal `<EMAIL_ADDRESS_1>` beside a real address: the answer
     echoing both gets the real address back in one place only."""
-    guard = _guard(output=())
+    guard = restoring_guard(output=())
     doc = {"messages": [{"role": "user", "content": "Template <EMAIL_ADDRESS_1>; mine: a@x.io"}]}
     request = await _request(guard, doc)
     assert b"Template <EMAIL_ADDRESS_1>; mine: <EMAIL_ADDRESS_2>" in request.body
@@ -109,7 +96,7 @@ async def test_a_value_split_across_content_parts_is_redacted() -> None:
             }
         ]
     }
-    request = await _request(_guard(), doc)
+    request = await _request(restoring_guard(), doc)
     assert b"dana" not in request.body
     parts = orjson.loads(request.body)["messages"][0]["content"]
     assert "".join(p["text"] for p in parts) == "mail <EMAIL_ADDRESS_1>"
@@ -118,7 +105,7 @@ async def test_a_value_split_across_content_parts_is_redacted() -> None:
 async def test_a_new_value_glued_to_a_restored_one_is_still_found() -> None:
     """`<EMAIL_ADDRESS_1>+x@y.org` in an answer: the placeholder is restored and the new
     address written against it is redacted and counted."""
-    guard = _guard()
+    guard = restoring_guard()
     request = await _request(guard, {"messages": [{"role": "user", "content": "I am a@x.io"}]})
     answer = _answer({"role": "assistant", "content": "<EMAIL_ADDRESS_1>+x@y.org"})
     result = await guard.inspect_response(orjson.dumps(answer), answer, request)
@@ -132,7 +119,7 @@ async def test_a_new_value_glued_to_a_restored_one_is_still_found() -> None:
 async def test_restored_tool_arguments_stay_the_json_the_model_wrote() -> None:
     """A restored value with quotes and backslashes is escaped inside tool-call arguments:
     the client's JSON parser sees the value, not injected keys."""
-    guard = _guard(output=())
+    guard = restoring_guard(output=())
     request = await _request(guard, {"messages": [{"role": "user", "content": "hi"}]})
     # As a name filter (Presidio) could have redacted it.
     evil = 'O"Brien", "admin": true, "x": "\\'
@@ -159,7 +146,7 @@ async def test_restored_tool_arguments_stay_the_json_the_model_wrote() -> None:
 async def test_answers_with_fields_the_policy_cannot_read_are_refused() -> None:
     """Logprobs or an unknown field in an answer refuse it: 502 unsupported_response,
     marked not to be retried (the completion was billed already)."""
-    guard = _guard()
+    guard = restoring_guard()
     request = await _request(guard, {"messages": [{"role": "user", "content": "hi"}]})
     answer = _answer({"role": "assistant", "content": "a@x.io"})
     answer["choices"][0]["logprobs"] = {"content": [{"token": "a@x.io", "logprob": 0}]}
@@ -173,7 +160,7 @@ async def test_answers_with_fields_the_policy_cannot_read_are_refused() -> None:
 async def test_refusals_and_transcripts_in_answers_are_filtered_and_restored() -> None:
     """`message.refusal` and `message.audio.transcript` get placeholders restored and new
     values redacted like content does."""
-    guard = _guard()
+    guard = restoring_guard()
     request = await _request(guard, {"messages": [{"role": "user", "content": "I am a@x.io"}]})
     answer = _answer(
         {
@@ -196,7 +183,7 @@ async def test_refusals_and_transcripts_in_answers_are_filtered_and_restored() -
 
 async def test_responses_answers_restore_calls_and_echoed_instructions() -> None:
     """A Responses answer: function-call arguments and the echoed instructions are restored."""
-    guard = _guard(output=())
+    guard = restoring_guard(output=())
     endpoint = endpoints.find("POST", "/v1/responses")
     assert endpoint is not None
     doc = {"model": "m", "instructions": "user is a@x.io", "input": "mail me"}
@@ -224,7 +211,7 @@ async def test_responses_answers_restore_calls_and_echoed_instructions() -> None
 
 async def test_answers_without_model_text_are_not_read() -> None:
     """Embeddings and audio speech answers carry no model text: the guard leaves them be."""
-    guard = _guard()
+    guard = restoring_guard()
     for path, doc in (
         ("/v1/embeddings", {"model": "m", "input": "a@x.io"}),
         ("/v1/audio/speech", {"model": "m", "input": "a@x.io", "voice": "alloy"}),

@@ -6,26 +6,13 @@ from typing import Any
 
 import orjson
 
-from gatewayd.config.schema import Mode, OnError, PolicyConfig
 from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.payload import json_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.streaming import StreamGuard
 from gatewayd.guardrails.types import Stage
 
-from .fakes import chat_payload, email_filter, phone_filter, sse
-
-
-def _guard(unknown: OnError = "block", output: tuple[str, ...] = ("email",)) -> Guard:
-    policy = PolicyConfig(
-        name="p",
-        mode=Mode.REDACT,
-        input=("email", "phone"),
-        output=output,
-        restore=True,
-        unknown=unknown,
-    )
-    return Guard(policy, {"email": email_filter(), "phone": phone_filter()})
+from .fakes import chat_payload, restoring_guard, sse
 
 
 async def _chat_request(guard: Guard, content: str = "I am a@x.io") -> RequestResult:
@@ -79,7 +66,7 @@ def _joined(out: bytes, *path: str) -> str:
 async def test_refusal_and_transcript_channels_are_restored_and_filtered() -> None:
     """`delta.refusal` and `delta.audio.transcript` stream like content: split placeholders
     are restored, new addresses redacted."""
-    guard = _guard()
+    guard = restoring_guard()
     request = await _chat_request(guard)
     pieces = [
         sse(_delta(refusal="Not <EMAIL_")),
@@ -96,7 +83,7 @@ async def test_refusal_and_transcript_channels_are_restored_and_filtered() -> No
 
 async def test_streamed_tool_arguments_get_escaped_values() -> None:
     """A value restored into streamed tool-call arguments is escaped for JSON."""
-    guard = _guard(output=())
+    guard = restoring_guard(output=())
     request = await _chat_request(guard, "hi")
     evil = 'O"Brien\\'
     placeholder = request.redactions.placeholder("PERSON", evil)
@@ -137,7 +124,7 @@ async def test_chunks_the_policy_cannot_read_end_the_stream() -> None:
             }
         ),
     ):
-        guard = _guard()
+        guard = restoring_guard()
         request = await _chat_request(guard)
         out = await _run(guard.stream(request), [sse(_delta(content="fine ")), bad, sse("[DONE]")])
         last = orjson.loads(events(out)[-1])
@@ -149,7 +136,7 @@ async def test_chunks_the_policy_cannot_read_end_the_stream() -> None:
 
 async def test_unknown_allow_passes_unreadable_chunks_and_marks_them() -> None:
     """With unknown: allow an unreadable chunk passes as it came and the audit says so."""
-    guard = _guard(unknown="allow")
+    guard = restoring_guard(unknown="allow")
     request = await _chat_request(guard)
     bad = sse({**_delta(content="x"), "surprise": 1})
     out = await _run(guard.stream(request), [bad, sse("[DONE]")])
@@ -190,7 +177,7 @@ async def test_responses_stream_text_is_restored_filtered_and_repeated_consisten
     """Responses `output_text` deltas restore a split placeholder and redact a new address;
     held text goes out in a delta before `.done`; `.done` and the final response carry the
     same text, counted once."""
-    guard = _guard()
+    guard = restoring_guard()
     request = await _responses_request(guard)
     answer = "Hi <EMAIL_ADDRESS_1>, write b@y.io"
     pieces = [
@@ -225,7 +212,7 @@ async def test_responses_stream_text_is_restored_filtered_and_repeated_consisten
 
 async def test_responses_function_call_arguments_stream_escaped() -> None:
     """`response.function_call_arguments.delta` restores values escaped for JSON."""
-    guard = _guard(output=())
+    guard = restoring_guard(output=())
     request = await _responses_request(guard, "hi")
     evil = 'O"Brien\\'
     placeholder = request.redactions.placeholder("PERSON", evil)
@@ -245,7 +232,7 @@ async def test_responses_function_call_arguments_stream_escaped() -> None:
 
 async def test_responses_events_of_unknown_types_end_the_stream() -> None:
     """A Responses event type no shape describes (a tool's results) is refused."""
-    guard = _guard()
+    guard = restoring_guard()
     request = await _responses_request(guard)
     pieces = [
         _ev("response.output_text.delta", delta="ok ", logprobs=[], **_TEXT_AT),
