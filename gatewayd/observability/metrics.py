@@ -107,6 +107,11 @@ GUARDRAIL_UNKNOWN = Counter(
     ["policy", "stage", "outcome"],
     registry=REGISTRY,
 )
+GUARDRAIL_OFF_LOOP = Counter(
+    "gatewayd_guardrail_off_loop_scans_total",
+    "Payload stages whose texts were long enough to be scanned in a worker thread.",
+    registry=REGISTRY,
+)
 FILTER_ERRORS = Counter(
     "gatewayd_filter_errors_total",
     "Remote filter failures, by filter, kind of error and on_error outcome.",

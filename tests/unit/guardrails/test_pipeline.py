@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -11,11 +13,11 @@ import pytest
 
 from gatewayd.config.schema import Action, Mode, OnError, PolicyConfig
 from gatewayd.guardrails.payload import Payload
-from gatewayd.guardrails.pipeline import Guard, RequestResult
-from gatewayd.guardrails.types import Filter, Stage, Verdict
+from gatewayd.guardrails.pipeline import OFF_LOOP_CHARS, Guard, RequestResult
+from gatewayd.guardrails.types import Filter, Span, Stage, Verdict
 from gatewayd.observability.metrics import REGISTRY
 
-from .fakes import FakeRemote, RegexFilter, chat_payload, email_filter, phone_filter
+from .fakes import EMAIL, FakeRemote, RegexFilter, chat_payload, email_filter, phone_filter
 
 
 def _policy(
@@ -337,3 +339,45 @@ async def test_wants_answer_only_with_output_filters_or_placeholders_to_restore(
     assert not restoring.wants_answer(nothing)
     assert restoring.wants_answer(redacted)
     assert filtering.wants_answer(await filtering.inspect_request(*_chat_payload("hello")))
+
+
+class _ThreadNoting(RegexFilter):
+    """Finds EMAIL_ADDRESS like email_filter, noting the thread of each scan."""
+
+    def __init__(self, wait_for: threading.Event | None = None) -> None:
+        super().__init__("email", {"EMAIL_ADDRESS": EMAIL})
+        self.threads: list[int] = []
+        self._wait_for = wait_for
+
+    def scan(self, text: str) -> list[Span]:
+        """Spans of every e-mail, once `wait_for` (if any) is set."""
+        self.threads.append(threading.get_ident())
+        if self._wait_for is not None:
+            assert self._wait_for.wait(timeout=5), "the loop stood still during the scan"
+        return super().scan(text)
+
+
+async def test_long_payloads_are_scanned_in_a_thread_and_short_ones_inline() -> None:
+    """Texts of OFF_LOOP_CHARS or more in all are scanned off the loop, and redacted the same."""
+    email = _ThreadNoting()
+    guard = Guard(_policy(input=("email",)), {"email": email})
+    before = _metric("gatewayd_guardrail_off_loop_scans_total")
+    # Short words: the fake's e-mail regex is slow on long ones.
+    filler = "word " * (OFF_LOOP_CHARS // 10 + 1)
+    await guard.inspect_request(*_chat_payload("short a@x.io"))
+    result = await guard.inspect_request(*_chat_payload(filler, f"{filler} a@x.io"))
+    loop_thread = threading.get_ident()
+    assert email.threads[0] == loop_thread
+    assert email.threads[1] != loop_thread
+    assert email.threads[1] == email.threads[2]
+    assert orjson.loads(result.body)["messages"][1]["content"].endswith(" <EMAIL_ADDRESS_1>")
+    assert _metric("gatewayd_guardrail_off_loop_scans_total") - before == 1
+
+
+async def test_the_loop_runs_while_a_long_payload_is_scanned() -> None:
+    """A callback the loop runs only after the scan started lets the scan finish."""
+    released = threading.Event()
+    guard = Guard(_policy(input=("email",)), {"email": _ThreadNoting(released)})
+    asyncio.get_running_loop().call_later(0.01, released.set)
+    result = await guard.inspect_request(*_chat_payload("word " * (OFF_LOOP_CHARS // 5 + 1)))
+    assert result.verdict.allowed
