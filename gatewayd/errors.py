@@ -16,7 +16,10 @@ at the boundary where they happen (`raise ... from exc`).
     │       ├── UpstreamUnavailable  502 connect failure / 503 breaker open
     │       │   └── UnreadableUpstreamAnswer  502 an answer the guardrails cannot parse
     │       └── UpstreamTimeout      504
-    └── FilterError                  a remote filter failed; the pipeline applies on_error
+    ├── FilterError                  a remote filter failed; the pipeline applies on_error
+    └── AuditSinkError               an audit sink could not store a batch; `kind` says why
+        ├── AuditSinkUnavailable     unreachable, too slow or failing: spool, retry later
+        └── AuditBatchRejected       the rows themselves were refused: retried one by one
 
 A guardrail *block* is a verdict, decided not raised, inside the pipeline; the
 proxy turns a blocking verdict into GuardrailViolation only to answer it.
@@ -196,3 +199,25 @@ class FilterError(GatewayError):
         super().__init__(f"filter {filter_name}: {kind}: {message}")
         self.filter_name = filter_name
         self.kind = kind
+
+
+class AuditSinkError(GatewayError):
+    """An audit sink could not store a batch; `kind` is a fixed word for logs and
+    status (connect, timeout, ENOSPC, a SQLSTATE), never the driver's message,
+    which may quote a value."""
+
+    def __init__(self, kind: str, *, landed: int = 0) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        # Events of the batch stored before the failure (a file sink may have
+        # appended some lines); a transactional sink always says 0.
+        self.landed = landed
+
+
+class AuditSinkUnavailable(AuditSinkError):
+    """The sink cannot take writes now; the same batch may succeed later."""
+
+
+class AuditBatchRejected(AuditSinkError):
+    """The sink refused the data (a constraint, a bad value): retrying the whole
+    batch would fail again, so its rows are tried one by one."""

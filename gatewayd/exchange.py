@@ -1,8 +1,9 @@
 """The record of one request as it goes through the gateway.
 
 The proxy handler fills it in as it goes; `record` turns it into the access
-log line, the request metrics and the audit event when the request ends,
-however it ends (answered, refused, failed, or the client went away).
+log line and the request metrics, and queues it as the audit event, when the
+request ends, however it ends (answered, refused, failed, or the client went
+away).
 """
 
 from __future__ import annotations
@@ -29,41 +30,30 @@ from gatewayd.observability.logging import ACCESS
 CLIENT_CLOSED = 499
 
 
-@dataclass(slots=True)
-class Exchange:
-    request_id: str
-    method: str
-    path: str
+@dataclass(slots=True, kw_only=True)
+class Exchange(AuditEvent):
+    """The audit event of a request in the making, with what only the request path needs.
+
+    The proxy fills in the event's fields as it learns them; `record` adds
+    the rest and queues this very object, so no field is copied by hand.
+    """
+
     started: float = field(default_factory=time.perf_counter)
-    route: str | None = None
-    upstream: str | None = None
-    policy: str | None = None
-    model: str | None = None
-    stream: bool = False
-    status: int = 0
-    attempts: int = 0
-    upstream_ms: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
     summary: Summary | None = None
-    error: str | None = None
     # Response headers already went out: a failure can no longer become an
     # error response, only an error event (SSE) or a cut connection.
     prepared: bool = False
     # Model, stream flag and token counts are read only for the audit event.
     audited: bool = True
 
-    @property
-    def action(self) -> str:
-        """What the guardrails did: allow, monitor, redact, block, or unchecked."""
-        summary = self.summary
-        if summary is None:
-            return "allow"
-        if summary.action is not None:
-            return summary.action.value
-        return "unchecked" if summary.unchecked else "allow"
+
+def action_of(summary: Summary | None) -> str:
+    """What the guardrails did: allow, monitor, redact, block, or unchecked."""
+    if summary is None:
+        return "allow"
+    if summary.action is not None:
+        return summary.action.value
+    return "unchecked" if summary.unchecked else "allow"
 
 
 def error_response(exc: HTTPError, request_id: str) -> web.Response:
@@ -102,13 +92,19 @@ def _trusted(address: str, server: ServerConfig) -> bool:
     return any(ip in net for net in server.trusted_proxies)
 
 
-def record(ex: Exchange, request: web.Request, server: ServerConfig, audit: AuditWriter) -> None:
-    """The request is over: count it, log one access line, queue its audit event."""
+async def record(
+    ex: Exchange, request: web.Request, server: ServerConfig, audit: AuditWriter
+) -> None:
+    """The request is over: count it, log one access line, queue its audit event.
+
+    Returns at once unless the audit queue is full and audit.on_full is block.
+    """
     duration = time.perf_counter() - ex.started
     route = ex.route or "none"
     metrics.child(metrics.REQUESTS, route, str(ex.status)).inc()
     metrics.child(metrics.REQUEST_DURATION, route).observe(duration)
-    duration_ms = round(duration * 1000, 3)
+    ex.duration_ms = round(duration * 1000, 3)
+    ex.action = action_of(ex.summary)
     if ACCESS.isEnabledFor(logging.INFO):
         ACCESS.info(
             "request",
@@ -119,7 +115,7 @@ def record(ex: Exchange, request: web.Request, server: ServerConfig, audit: Audi
                     "path": ex.path,
                     "route": ex.route,
                     "status": ex.status,
-                    "duration_ms": duration_ms,
+                    "duration_ms": ex.duration_ms,
                     "upstream": ex.upstream,
                     "attempts": ex.attempts,
                     "action": ex.action,
@@ -128,27 +124,10 @@ def record(ex: Exchange, request: web.Request, server: ServerConfig, audit: Audi
         )
     if not audit.enabled:
         return
-    audit.emit(
-        AuditEvent(
-            request_id=ex.request_id,
-            client=client_identity(request, server),
-            method=ex.method,
-            path=ex.path,
-            route=ex.route,
-            upstream=ex.upstream,
-            model=ex.model,
-            stream=ex.stream,
-            status=ex.status,
-            duration_ms=duration_ms,
-            upstream_ms=round(ex.upstream_ms, 3) if ex.upstream_ms is not None else None,
-            attempts=ex.attempts,
-            bytes_in=ex.bytes_in,
-            bytes_out=ex.bytes_out,
-            prompt_tokens=ex.prompt_tokens,
-            completion_tokens=ex.completion_tokens,
-            policy=ex.policy,
-            action=ex.action,
-            findings=ex.summary.as_dict() if ex.summary is not None else {},
-            error=ex.error,
-        )
-    )
+    ex.ts = time.time()
+    ex.client = client_identity(request, server)
+    if ex.upstream_ms is not None:
+        ex.upstream_ms = round(ex.upstream_ms, 3)
+    if ex.summary is not None:
+        ex.findings = ex.summary.as_dict()
+    await audit.emit(ex)

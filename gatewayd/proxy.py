@@ -72,14 +72,16 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         """One proxied request, start to end: every way it can end is accounted."""
         runtime = holder.current
-        ex = Exchange(request_id_from(request.headers), request.method, request.path)
+        ex = Exchange(
+            request_id=request_id_from(request.headers), method=request.method, path=request.path
+        )
         ex.audited = audit.enabled
         try:
             with runtime.serving():
                 response = await _proxy(request, runtime, ex)
         except (asyncio.CancelledError, ConnectionResetError):
             ex.status, ex.error = CLIENT_CLOSED, "client_closed"
-            record(ex, request, runtime.config.server, audit)
+            await record(ex, request, runtime.config.server, audit)
             raise
         except Exception as exc:
             if isinstance(exc, HTTPError):
@@ -93,7 +95,7 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
             if ex.prepared:
                 # Status and headers are out. Re-raised, aiohttp closes the
                 # connection: the client sees an incomplete body, not a whole one.
-                record(ex, request, runtime.config.server, audit)
+                await record(ex, request, runtime.config.server, audit)
                 raise
             response = error_response(error, ex.request_id)
             if error.status in (408, 413):
@@ -101,7 +103,7 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
                 # keep the connection.
                 response.force_close()
         ex.status = response.status
-        record(ex, request, runtime.config.server, audit)
+        await record(ex, request, runtime.config.server, audit)
         return response
 
     return handle

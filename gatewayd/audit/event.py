@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 
@@ -31,11 +32,15 @@ _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 @dataclass(slots=True, kw_only=True)
 class AuditEvent:
+    """The audit record of one request; gatewayd.exchange.Exchange extends it with
+    what only the request path needs, so each field is declared here once."""
+
     # Field order is column order: the JSONL keys and the table follow it.
     event_id: str = field(default_factory=random_uuid4)
     ts: float = field(default_factory=time.time)
     request_id: str
-    client: str
+    # Filled in when the request ends (gatewayd.exchange.record).
+    client: str = ""
     method: str
     path: str
     route: str | None = None
@@ -58,6 +63,17 @@ class AuditEvent:
     # A fixed error code (upstream_timeout, guardrail_violation, ...), never a message.
     error: str | None = None
 
+    def values(self) -> tuple[Any, ...]:
+        """The event's column values, in column order."""
+        values: tuple[Any, ...] = _values(self)
+        return values
+
     def as_dict(self) -> dict[str, Any]:
-        """The event as plain JSON-able values, in column order."""
-        return asdict(self)
+        """The event's columns as plain values, in column order (never a subclass's extras)."""
+        # A shallow view, not dataclasses.asdict: that deep-copies every value
+        # (~17 us an event against ~1.5 us) and would take a subclass's fields.
+        return dict(zip(COLUMNS, self.values(), strict=True))
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
+_values = attrgetter(*COLUMNS)

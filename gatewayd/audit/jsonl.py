@@ -7,7 +7,6 @@ time; nothing in this module touches the event loop.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import logging
@@ -15,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -26,9 +25,6 @@ log = logging.getLogger(__name__)
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
-_values = attrgetter(*_FIELDS)
 
 
 @functools.lru_cache(maxsize=8)
@@ -46,10 +42,7 @@ def rfc3339(ts: float) -> str:
 
 def encode(event: AuditEvent) -> bytes:
     """One event as one JSON line (newline included), fields in column order."""
-    # Not event.as_dict(): dataclasses.asdict deep-copies every value and costs
-    # ~17 us per event against ~1.5 us for this shallow view. The event holds
-    # no nested dataclasses, so both give the same JSON.
-    record = dict(zip(_FIELDS, _values(event), strict=True))
+    record = event.as_dict()
     record["ts"] = rfc3339(event.ts)
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
@@ -85,8 +78,8 @@ def error_kind(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 
-def encode_batch(events: Sequence[AuditEvent]) -> tuple[Chunk | None, int]:
-    """The events as one chunk, and how many could not be encoded (they are skipped)."""
+def encode_lines(events: Sequence[AuditEvent]) -> tuple[list[bytes], int]:
+    """Each event as one JSON line, and how many could not be encoded (they are skipped)."""
     lines: list[bytes] = []
     for event in events:
         try:
@@ -95,8 +88,25 @@ def encode_batch(events: Sequence[AuditEvent]) -> tuple[Chunk | None, int]:
             # orjson.JSONEncodeError: a value of a type JSON cannot carry. The
             # message may quote the value, so only the field-free fact is logged.
             log.error("audit event %s could not be encoded; dropped", event.event_id)
-    skipped = len(events) - len(lines)
+    return lines, len(events) - len(lines)
+
+
+def encode_batch(events: Sequence[AuditEvent]) -> tuple[Chunk | None, int]:
+    """The events as one chunk, and how many could not be encoded (they are skipped)."""
+    lines, skipped = encode_lines(events)
     return (Chunk(b"".join(lines), len(lines)) if lines else None), skipped
+
+
+def parse_rfc3339(text: str) -> float:
+    """The Unix time of an RFC 3339 UTC timestamp as `rfc3339` writes it."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def decode(line: bytes) -> AuditEvent:
+    """The event one JSON line (as `encode` wrote it) holds."""
+    record = orjson.loads(line)
+    record["ts"] = parse_rfc3339(record["ts"])
+    return AuditEvent(**record)
 
 
 class JsonlFile:

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gatewayd.config import values as v
+from gatewayd.config.audit import read_audit
 from gatewayd.config.guardrails import read_filters, read_policies
 from gatewayd.config.reader import Context, Many, Reader, Spec
 from gatewayd.config.schema import AuditConfig, Config, LoggingConfig, ServerConfig
@@ -54,24 +55,7 @@ def build_config(tree: Table, context: Context, source: Path) -> Config:
         routes=MappingProxyType(routes),
         policies=MappingProxyType(policies),
         filters=MappingProxyType(filters),
-        audit=_audit(audit, base) if audit is not None else AuditConfig(),
+        audit=read_audit(audit, base) if audit is not None else AuditConfig(),
     )
     context.report_unknown()
     return config
-
-
-def _audit(reader: Reader, base: Path) -> AuditConfig:
-    audit = AuditConfig(
-        **reader.fields(
-            {
-                "sink": v.choice("jsonl", "off"),
-                "path": v.path_under(base),
-                "batch_size": v.integer(1),
-                "flush_interval": v.duration(positive=True),
-                "queue_size": v.integer(1),
-            }
-        )
-    )
-    if audit.batch_size > audit.queue_size:
-        reader.problem("batch_size", "must not be larger than queue_size")
-    return audit

@@ -230,13 +230,47 @@ FilterConfig = (
 )
 
 
+# --- audit: one dataclass per sink kind, under the writer's settings --------
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlSinkConfig:
+    path: Path = Path("/var/lib/gatewayd/audit.jsonl")
+    kind: Literal["jsonl"] = "jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSinkConfig:
+    # A postgresql:// URL; it holds the password, so it never shows itself.
+    dsn: Secret
+    # Where events wait while the database cannot take them.
+    spool_dir: Path = Path("/var/lib/gatewayd/audit-spool")
+    partition: Literal["none", "monthly"] = "none"
+    # Rows older than this are removed in the background; None keeps them.
+    retention: float | None = None
+    # A batch not stored within this goes to the spool instead.
+    write_timeout: float = 5.0
+    kind: Literal["postgres"] = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class OffSinkConfig:
+    kind: Literal["off"] = "off"
+
+
+SinkConfig = JsonlSinkConfig | PostgresSinkConfig | OffSinkConfig
+
+
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
-    sink: Literal["jsonl", "off"] = "jsonl"
-    path: Path = Path("/var/lib/gatewayd/audit.jsonl")
+    sink: SinkConfig = field(default_factory=JsonlSinkConfig)
     batch_size: int = 256
     flush_interval: float = 1.0
     queue_size: int = 10_000
+    # A full queue makes the request wait for room (block) or loses the event
+    # (drop); a writer that made no room for block_timeout drops until it moves.
+    on_full: Literal["block", "drop"] = "block"
+    block_timeout: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Durations and sizes as people write them: `250ms`, `2m`, `8MiB`, `10MB`."""
+"""Durations and sizes as people write them: `250ms`, `2m`, `90d`, `8MiB`, `10MB`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import re
 from fractions import Fraction
 
 _NUMBER = r"(?P<number>[0-9]+(?:\.[0-9]+)?)"
-_DURATION = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h)?")
+_DURATION = re.compile(_NUMBER + r"\s*(?P<unit>ms|s|m|h|d)?")
 _SIZE = re.compile(_NUMBER + r"\s*(?P<unit>B|KB|MB|GB|KiB|MiB|GiB)?")
 
-_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _BYTES = {
     None: 1,
     "B": 1,
@@ -24,13 +24,13 @@ _BYTES = {
 
 
 def parse_duration(value: str | int | float) -> float:
-    """Seconds in `value`: a bare number is seconds, else a number with ms|s|m|h."""
+    """Seconds in `value`: a bare number is seconds, else a number with ms|s|m|h|d."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
         match = _DURATION.fullmatch(str(value).strip())
         if match is None:
-            raise ValueError("expected a duration such as 250ms, 5s, 2m or 1h")
+            raise ValueError("expected a duration such as 250ms, 5s, 2m, 1h or 90d")
         seconds = float(match.group("number")) * _SECONDS[match.group("unit")]
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("a duration must be a finite number of seconds, not negative")

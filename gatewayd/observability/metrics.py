@@ -158,7 +158,9 @@ RATELIMIT_REJECTIONS = Counter(
 )
 AUDIT_EVENTS = Counter(
     "gatewayd_audit_events_total",
-    "Audit events by outcome (written, spooled, dropped).",
+    "Audit events by outcome: written (stored by the sink), spooled (to disk while the"
+    " sink was unavailable), replayed (stored from the spool), dead_lettered (refused"
+    " by the sink, kept in the dead-letter file), dropped (lost).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -167,6 +169,20 @@ AUDIT_QUEUE_DEPTH = Gauge(
     "Audit events waiting to be written.",
     registry=REGISTRY,
     # Each worker has its own queue: the group's backlog is their sum.
+    multiprocess_mode="livesum",
+)
+AUDIT_FLUSH_DURATION = Histogram(
+    "gatewayd_audit_flush_duration_seconds",
+    "Time to store one batch of audit events, by target (jsonl, postgres, spool).",
+    ["target"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+AUDIT_SPOOL_BYTES = Gauge(
+    "gatewayd_audit_spool_bytes",
+    "Bytes of audit events waiting in the on-disk spool for the sink to come back.",
+    registry=REGISTRY,
+    # Each worker spools to its own files: the group's backlog is their sum.
     multiprocess_mode="livesum",
 )
 CONFIG_RELOADS = Counter(

@@ -8,8 +8,9 @@ import ipaddress
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from gatewayd.audit.event import COLUMNS, AuditEvent
 from gatewayd.config.schema import Action, ServerConfig
-from gatewayd.exchange import Exchange, client_identity
+from gatewayd.exchange import Exchange, action_of, client_identity
 from gatewayd.guardrails.types import Stage, Summary
 
 TRUSTED = ServerConfig(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))
@@ -47,11 +48,19 @@ def test_forwarded_for_only_from_trusted_proxies(peer: str, forwarded: str, expe
 
 def test_action_summarises_the_guardrails() -> None:
     """No policy is allow; the strongest action wins; a skipped filter alone is unchecked."""
-    ex = Exchange("r", "POST", "/v1/x")
-    assert ex.action == "allow"
-    ex.summary = Summary()
-    ex.summary.unchecked.append("presidio")
-    assert ex.action == "unchecked"
-    ex.summary.add(Stage.INPUT, "EMAIL_ADDRESS", Action.MONITOR)
-    ex.summary.add(Stage.INPUT, "US_SSN", Action.REDACT)
-    assert ex.action == "redact"
+    assert action_of(None) == "allow"
+    summary = Summary()
+    summary.unchecked.append("presidio")
+    assert action_of(summary) == "unchecked"
+    summary.add(Stage.INPUT, "EMAIL_ADDRESS", Action.MONITOR)
+    summary.add(Stage.INPUT, "US_SSN", Action.REDACT)
+    assert action_of(summary) == "redact"
+
+
+def test_the_exchange_is_the_audit_event_it_records() -> None:
+    """An Exchange carries every audit column itself, and its columns hold only those."""
+    ex = Exchange(request_id="r", method="POST", path="/v1/x", route="v1", status=200)
+    assert isinstance(ex, AuditEvent)
+    assert list(ex.as_dict()) == list(COLUMNS)
+    assert ex.as_dict()["route"] == "v1"
+    assert "summary" not in ex.as_dict()

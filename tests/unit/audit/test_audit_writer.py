@@ -14,7 +14,7 @@ import pytest
 
 from gatewayd.audit.event import AuditEvent
 from gatewayd.audit.writer import AuditWriter
-from gatewayd.config.schema import AuditConfig
+from gatewayd.config.schema import AuditConfig, JsonlSinkConfig, OffSinkConfig
 from gatewayd.observability.metrics import REGISTRY
 
 MakeEvent = Callable[[int], AuditEvent]
@@ -77,7 +77,9 @@ async def writer_for(log_path: Path) -> AsyncIterator[WriterFactory]:
     writers: list[AuditWriter] = []
 
     def make(close_timeout: float = 5.0, **fields: Any) -> AuditWriter:
-        writer = AuditWriter(AuditConfig(path=log_path, **fields), close_timeout=close_timeout)
+        fields.setdefault("sink", JsonlSinkConfig(path=log_path))
+        config = AuditConfig(**fields)
+        writer = AuditWriter(config, close_timeout=close_timeout)
         writers.append(writer)
         return writer
 
@@ -94,7 +96,7 @@ async def test_events_are_written_as_jsonl_with_every_field(
     await writer.start()
     events = [make_event(n) for n in range(3)]
     for event in events:
-        writer.emit(event)
+        await writer.emit(event)
     await writer.close()
     records = read_jsonl(log_path)
     assert len(records) == 3
@@ -114,10 +116,10 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
     writer = writer_for(batch_size=3, flush_interval=60)
     await writer.start()
     for n in range(3):
-        writer.emit(make_event(n))
+        await writer.emit(make_event(n))
     await wait_until(lambda: len(read_jsonl(log_path)) == 3)
-    writer.emit(make_event(3))
-    writer.emit(make_event(4))
+    await writer.emit(make_event(3))
+    await writer.emit(make_event(4))
     await asyncio.sleep(0.2)
     assert len(read_jsonl(log_path)) == 3
     assert writer.status()["queue_depth"] == 2
@@ -131,7 +133,7 @@ async def test_a_partial_batch_is_written_after_the_interval(
     """A lone event is written within flush_interval, without a full batch or close."""
     writer = writer_for(batch_size=100, flush_interval=0.1)
     await writer.start()
-    writer.emit(make_event(1))
+    await writer.emit(make_event(1))
     await wait_until(lambda: writer.status()["written"] == 1, within=1.0)
     assert request_ids(read_jsonl(log_path)) == ["req-1"]
     assert writer.status()["queue_depth"] == 0
@@ -142,14 +144,14 @@ async def test_a_full_queue_drops_and_counts_without_blocking(
     writer_for: WriterFactory, make_event: MakeEvent, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past queue_size, emit returns at once, counts the drop and warns once, naming no data."""
-    writer = writer_for(queue_size=5, batch_size=100)
+    writer = writer_for(queue_size=5, batch_size=5, on_full="drop")
     dropped_before = audit_count("dropped")
     events = [make_event(n) for n in range(12)]
     for event in events:
         event.client = "client-marker-7f3a"
     with caplog.at_level(logging.WARNING, logger="gatewayd.audit"):
         for event in events:
-            writer.emit(event)
+            await writer.emit(event)
     assert writer.status()["queue_depth"] == 5
     assert writer.status()["dropped"] == 7
     assert audit_count("dropped") - dropped_before == 7
@@ -166,7 +168,7 @@ async def test_close_writes_everything_queued(
     writer = writer_for(batch_size=16, flush_interval=60)
     await writer.start()
     for n in range(50):
-        writer.emit(make_event(n))
+        await writer.emit(make_event(n))
     await writer.close()
     assert request_ids(read_jsonl(log_path)) == [f"req-{n}" for n in range(50)]
     assert writer.status()["queue_depth"] == 0
@@ -180,7 +182,7 @@ async def test_emit_after_close_is_dropped_and_counted(
     await writer.start()
     await writer.close()
     dropped_before = audit_count("dropped")
-    writer.emit(make_event(1))
+    await writer.emit(make_event(1))
     assert audit_count("dropped") - dropped_before == 1
     assert read_jsonl(log_path) == []
 
@@ -191,7 +193,7 @@ async def test_close_before_start_counts_queued_events_as_dropped(
     """Events queued by a writer that never started are not lost silently."""
     writer = writer_for()
     dropped_before = audit_count("dropped")
-    writer.emit(make_event(1))
+    await writer.emit(make_event(1))
     await writer.close()
     assert audit_count("dropped") - dropped_before == 1
     assert read_jsonl(log_path) == []
@@ -203,10 +205,10 @@ async def test_rotated_file_is_reopened(
     """After the file is renamed away, new events go to a new file at the configured path."""
     writer = writer_for(batch_size=1, flush_interval=60)
     await writer.start()
-    writer.emit(make_event(1))
+    await writer.emit(make_event(1))
     await wait_until(lambda: len(read_jsonl(log_path)) == 1)
     rotated = rotate(log_path)
-    writer.emit(make_event(2))
+    await writer.emit(make_event(2))
     await wait_until(lambda: len(read_jsonl(log_path)) == 1)
     await writer.close()
     assert request_ids(read_jsonl(rotated)) == ["req-1"]
@@ -223,13 +225,13 @@ async def test_failed_writes_are_kept_and_retried(
     """While the directory is blocked events are held and reported; once it clears, all land."""
     writer = writer_for(batch_size=2, flush_interval=0.05)
     await writer.start()
-    writer.emit(make_event(0))
+    await writer.emit(make_event(0))
     await wait_until(lambda: len(read_jsonl(log_path)) == 1)
     dropped_before = audit_count("dropped")
     block_directory(log_path)
     with caplog.at_level(logging.WARNING, logger="gatewayd.audit"):
         for n in range(1, 5):
-            writer.emit(make_event(n))
+            await writer.emit(make_event(n))
         await wait_until(lambda: writer.status()["healthy"] is False)
         await asyncio.sleep(0.2)
         status = writer.status()
@@ -257,7 +259,7 @@ async def test_close_gives_up_on_a_broken_disk_and_counts_the_loss(
     block_directory(log_path)
     dropped_before = audit_count("dropped")
     for n in range(3):
-        writer.emit(make_event(n))
+        await writer.emit(make_event(n))
     started = time.monotonic()
     await writer.close()
     assert time.monotonic() - started < 2
@@ -275,7 +277,7 @@ async def test_an_unencodable_event_is_dropped_and_the_rest_written(
     bad = make_event(2)
     bad.findings = {"input": {"EMAIL_ADDRESS", "US_SSN"}}
     for event in (make_event(1), bad, make_event(3)):
-        writer.emit(event)
+        await writer.emit(event)
     await writer.close()
     assert request_ids(read_jsonl(log_path)) == ["req-1", "req-3"]
     assert writer.status()["dropped"] == 1
@@ -295,11 +297,11 @@ async def test_sink_off_writes_nothing(
     writer_for: WriterFactory, log_path: Path, make_event: MakeEvent
 ) -> None:
     """With sink off, start/emit/close touch no file and count nothing."""
-    writer = writer_for(sink="off")
+    writer = writer_for(sink=OffSinkConfig())
     written_before, dropped_before = audit_count("written"), audit_count("dropped")
     await writer.start()
     for n in range(3):
-        writer.emit(make_event(n))
+        await writer.emit(make_event(n))
     await writer.close()
     assert not log_path.parent.exists()
     assert writer.status() == {"sink": "off"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gatewayd.config import ConfigError, load
-from gatewayd.config.schema import Config, Mode
+from gatewayd.config.schema import Config, JsonlSinkConfig, Mode
 
 from .conftest import Problems, Write
 
@@ -204,7 +204,7 @@ def test_example_yaml_and_ini_are_twins() -> None:
     from_ini = load(EXAMPLES / "gatewayd.ini", env)
     assert dataclasses.replace(from_yaml, source=from_ini.source) == from_ini
     assert from_ini.upstreams["openai"].api_key == "sk-test"
-    assert from_ini.audit.path == Path("/run/state/audit.jsonl")
+    assert from_ini.audit.sink == JsonlSinkConfig(path=Path("/run/state/audit.jsonl"))
 
 
 def test_example_defaults_without_environment() -> None:
@@ -213,4 +213,4 @@ def test_example_defaults_without_environment() -> None:
     upstream = config.upstreams["openai"]
     assert upstream.urls == ("https://api.openai.com",)
     assert upstream.api_key is None
-    assert config.audit.path == Path("/var/lib/gatewayd/audit.jsonl")
+    assert config.audit.sink == JsonlSinkConfig(path=Path("/var/lib/gatewayd/audit.jsonl"))

@@ -14,6 +14,7 @@ from gatewayd.config.units import parse_duration, parse_size
         ("5s", 5.0),
         ("2m", 120.0),
         ("1h", 3600.0),
+        ("90d", 90 * 86400.0),
         ("1.5s", 1.5),
         ("30", 30.0),
         ("0", 0.0),
@@ -27,7 +28,7 @@ def test_duration(written: str | float, seconds: float) -> None:
     assert parse_duration(written) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("written", ["5x", "ms", "-1s", "1d", "5 seconds", "", "1e3s", -2])
+@pytest.mark.parametrize("written", ["5x", "ms", "-1s", "1w", "5 seconds", "", "1e3s", -2])
 def test_duration_refused(written: str | float) -> None:
     """Unknown units, negative and malformed durations are refused."""
     with pytest.raises(ValueError, match="duration"):
