@@ -3,6 +3,7 @@
     spool_dir/
       audit-<start ns>-<pid>.lock           held (flock) by the process writing the set
       audit-<start ns>-<pid>-000001.spool   segments, appended and fsync'd at each flush
+      audit-<start ns>-<pid>-000001.done    how far a replay of that segment got
       dead-letter.jsonl                     events the sink refused, one JSON object a line
 
 Each process writes its own file set, so workers never interleave. A record
@@ -10,9 +11,10 @@ is one line, `<crc32 hex> <JSON event>\n`; a crash can only cut the last
 record of a segment short (nothing is ever appended after a failed write), and
 the reader stops at the first record whose checksum fails. A set whose lock
 is free belongs to a process that is gone: whoever takes the lock replays
-it. Segments are replayed oldest first, and each is removed once every event
-in it is stored; a crash between the two replays that segment again, which
-the sink absorbs (the table skips event ids it already has).
+it. Segments are replayed oldest first; after each stored batch the replay
+notes how far it got, and a segment is removed once every event in it is
+stored. A crash between storing a batch and noting it replays that batch
+again, which the sink absorbs (the table skips event ids it already has).
 
 Everything here blocks: the writer runs it on its own worker thread.
 """
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 16 * 1024 * 1024
 DEAD_LETTER = "dead-letter.jsonl"
 _SEGMENT = re.compile(r"(audit-\d+-\d+)-(\d{6})\.spool")
+_DONE = re.compile(r"(audit-\d+-\d+)-(\d{6})\.done")
+# The replayed offset, written in place at a fixed width so it never tears.
+_OFFSET_WIDTH = 20
 _LOCK = re.compile(r"(audit-\d+-\d+)\.lock")
 _CRC = 8
 
@@ -171,10 +176,13 @@ class Spool:
         if not taken.last:
             segment.offset = taken.end
             segment.oldest_ts = taken.events[-1].ts
+            _note_offset(segment.path, taken.end)
             self._publish()
             return
         with contextlib.suppress(FileNotFoundError):
             segment.path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            _done_path(segment.path).unlink()
         self._pending.remove(segment)
         owner = _set_of(segment.path.name)
         if owner in self._claims and not any(_set_of(s.path.name) == owner for s in self._pending):
@@ -261,16 +269,17 @@ class Spool:
         if os.fstat(fd).st_nlink == 0:
             os.close(fd)  # another process replayed it and removed it meanwhile
             return
-        segments = sorted(
-            self.directory / entry
-            for entry in os.listdir(self.directory)
-            if _set_of(entry) == name and _SEGMENT.fullmatch(entry)
-        )
+        entries = [entry for entry in os.listdir(self.directory) if _set_of(entry) == name]
+        segments = sorted(self.directory / e for e in entries if _SEGMENT.fullmatch(e))
+        for entry in entries:
+            # A note whose segment was removed just before a crash.
+            if _DONE.fullmatch(entry) and entry[: -len(".done")] + ".spool" not in entries:
+                (self.directory / entry).unlink()
         self._claims[name] = fd
         if not segments:
             self._release(name, remove=True)
             return
-        claimed = [_Segment(path, path.stat().st_size) for path in segments]
+        claimed = [_Segment(p, p.stat().st_size, _read_offset(p)) for p in segments]
         for segment in claimed:
             segment.oldest_ts = self._first_ts(segment)
         log.info("replaying %d spool segments left by %s", len(claimed), name)
@@ -321,8 +330,29 @@ class Spool:
 
 
 def _set_of(name: str) -> str | None:
-    match = _SEGMENT.fullmatch(name) or _LOCK.fullmatch(name)
+    match = _SEGMENT.fullmatch(name) or _LOCK.fullmatch(name) or _DONE.fullmatch(name)
     return match.group(1) if match else None
+
+
+def _done_path(segment: Path) -> Path:
+    return segment.with_suffix(".done")
+
+
+def _note_offset(segment: Path, offset: int) -> None:
+    # Not fsync'd: a note lost in a crash only replays batches the sink has.
+    fd = os.open(_done_path(segment), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.pwrite(fd, b"%0*d" % (_OFFSET_WIDTH, offset), 0)
+    finally:
+        os.close(fd)
+
+
+def _read_offset(segment: Path) -> int:
+    try:
+        written = _done_path(segment).read_bytes()
+    except FileNotFoundError:
+        return 0
+    return int(written) if written.isdigit() and len(written) == _OFFSET_WIDTH else 0
 
 
 def _fsync_dir(directory: Path) -> None:

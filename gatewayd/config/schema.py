@@ -248,8 +248,9 @@ class PostgresSinkConfig:
     partition: Literal["none", "monthly"] = "none"
     # Rows older than this are removed in the background; None keeps them.
     retention: float | None = None
-    # A batch not stored within this goes to the spool instead.
-    write_timeout: float = 5.0
+    # A batch not stored within this goes to the spool instead. The queue
+    # must hold this long of traffic while a hung database times out.
+    write_timeout: float = 2.0
     kind: Literal["postgres"] = "postgres"
 
 
