@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -57,6 +59,57 @@ async def postgres_dsn() -> str:
         service_missing("PostgreSQL", exc)
     await conn.close()
     return POSTGRES_DSN
+
+
+@dataclass
+class AuditDatabase:
+    """A schema of its own in the test database: `dsn` puts gatewayd_audit there."""
+
+    dsn: str
+    schema: str
+    conn: Any
+
+    def via(self, port: int) -> str:
+        """The same DSN through a loopback port of the test's (a TcpProxy)."""
+        parts = urlsplit(self.dsn)
+        host = f"{parts.username}@" if parts.username else ""
+        return urlunsplit(parts._replace(netloc=f"{host}127.0.0.1:{port}"))
+
+    async def rows(self, columns: str = "*") -> list[Any]:
+        """Every row of the audit table, oldest first."""
+        query = f"SELECT {columns} FROM gatewayd_audit ORDER BY ts"  # noqa: S608 - tests name columns
+        return list(await self.conn.fetch(query))
+
+
+@pytest.fixture
+async def audit_db(postgres_dsn: str) -> AsyncIterator[AuditDatabase]:
+    """A fresh schema for one test's audit table, dropped afterwards."""
+    import asyncpg
+
+    schema = f"gatewayd_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_dsn else "?"
+    dsn = f"{postgres_dsn}{separator}search_path={schema}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield AuditDatabase(dsn, schema, conn)
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_proxy(postgres_dsn: str) -> AsyncIterator[Any]:
+    """A TcpProxy in front of the test PostgreSQL, so a test can cut it away."""
+    from tests.fakes.tcp_proxy import TcpProxy
+
+    parts = urlsplit(postgres_dsn)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.cut()
 
 
 @pytest.fixture
