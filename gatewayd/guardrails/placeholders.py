@@ -39,13 +39,16 @@ def _label(entity: str) -> str:
 class Redactions:
     """One request's placeholders and the values they stand for."""
 
-    __slots__ = ("_counts", "_placeholders", "_reserved", "_values")
+    __slots__ = ("_counts", "_partials", "_placeholders", "_reserved", "_values")
 
     def __init__(self) -> None:
         self._placeholders: dict[str, str] = {}
         self._values: dict[str, str] = {}
         self._counts: dict[str, int] = {}
         self._reserved: set[str] = set()
+        # Every proper prefix of a placeholder and the longest one's length,
+        # for the restorers of a stream's channels: built once, not per channel.
+        self._partials: tuple[frozenset[str], int] | None = None
 
     def reserve(self, text: str) -> None:
         """Keep the placeholder-shaped strings the client wrote in `text` from being issued."""
@@ -72,6 +75,7 @@ class Redactions:
             self._counts[label] = n
             self._placeholders[value] = placeholder
             self._values[placeholder] = value
+            self._partials = None
         return placeholder
 
     def restore(self, text: str, json: bool = False) -> str:
@@ -94,8 +98,13 @@ class Redactions:
         return copy
 
     def restorer(self, json: bool = False) -> StreamRestorer:
-        """A restorer for one stream of text arriving in pieces."""
-        return StreamRestorer(self._values, json)
+        """A restorer for one stream of text arriving in pieces. It reads these
+        placeholders as they are: take it from a `snapshot`."""
+        if self._partials is None:
+            values = self._values
+            prefixes = frozenset(p[:i] for p in values for i in range(1, len(p)))
+            self._partials = (prefixes, max(map(len, values), default=0))
+        return StreamRestorer(self._values, self._partials, json)
 
 
 class StreamRestorer:
@@ -108,12 +117,11 @@ class StreamRestorer:
 
     __slots__ = ("_json", "_longest", "_pending", "_prefixes", "_values")
 
-    def __init__(self, values: dict[str, str], json: bool = False) -> None:
-        # A snapshot: placeholders the output stage issues later are the
-        # gateway's own and never come back from the upstream.
-        self._values = dict(values)
-        self._prefixes = frozenset(p[:i] for p in values for i in range(1, len(p)))
-        self._longest = max(map(len, values), default=0)
+    def __init__(
+        self, values: dict[str, str], partials: tuple[frozenset[str], int], json: bool = False
+    ) -> None:
+        self._values = values
+        self._prefixes, self._longest = partials
         self._pending = ""
         self._json = json
 
