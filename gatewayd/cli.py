@@ -1,7 +1,10 @@
-"""The `gatewayd` command: run in the foreground, check a config, or say the version.
+"""The `gatewayd` command: run in the foreground, check a config, read the audit,
+or say the version.
 
 gatewayd [-c PATH]                  load PATH, then run until stopped
 gatewayd -c PATH --check-config     print problems as PATH:LINE: key: message; exit 0/1
+gatewayd -c PATH audit tail [-n N] [--follow]   recent audit events as JSON lines
+gatewayd -c PATH audit replay       drain the audit spool into the database
 gatewayd --version
 """
 
@@ -42,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         help="validate the config, print every problem, and exit 1 if there are any",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command")
+    audit = commands.add_parser("audit", help="read the audit trail, or drain its spool")
+    actions = audit.add_subparsers(dest="action", required=True)
+    tail = actions.add_parser("tail", help="print recent audit events as JSON lines")
+    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many (10)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    actions.add_parser("replay", help="store the spooled events in the database now")
     return parser
 
 
@@ -65,7 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"{path}: configuration ok")
         return 0
+    if args.command == "audit":
+        return _audit(config, args)
     return _serve(config)
+
+
+def _audit(config: Config, args: argparse.Namespace) -> int:
+    """`gatewayd audit tail|replay` against the configured sink."""
+    # Imported here, as the daemon is only when serving.
+    from gatewayd.audit import tools
+
+    if args.action == "replay":
+        return tools.replay(config.audit)
+    try:
+        return tools.tail(config.audit, max(args.lines, 0), follow=args.follow)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a --follow ends.
+        return 0
 
 
 def _serve(config: Config) -> int:

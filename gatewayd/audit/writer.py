@@ -111,18 +111,25 @@ class AuditWriter:
         file or the spool directory cannot be used (a database may be down: that is fine)."""
         if not self._enabled:
             return
-        try:
-            if self._spool is not None:
-                await self._on_disk(self._spool.open)
-            await self._sink.open()
-        except OSError:
-            self._disk.shutdown(wait=False)
-            raise
-        self._scanned_at = time.monotonic()
-        self._show_spool()
+        await self._open()
         self._task = asyncio.create_task(self._run(), name="gatewayd-audit-writer")
         if self._spool is not None:
             self._replayer = asyncio.create_task(self._replay_loop(), name="gatewayd-audit-replay")
+
+    async def drain(self) -> int:
+        """Replay every spooled event the sink takes, without serving (`gatewayd audit
+        replay`); the bytes still spooled after: sets a running gatewayd holds, or
+        what a failing sink would not take."""
+        if self._spool is None:
+            return 0
+        await self._open()
+        try:
+            await self._replay(self._spool)
+        finally:
+            await self._sink.close()
+            await self._on_disk(self._spool.close)
+            self._disk.shutdown(wait=False)
+        return self._spool.stats.bytes
 
     async def emit(self, event: AuditEvent) -> None:
         """Queue one event; returns at once unless the queue is full and on_full is block."""
@@ -188,6 +195,17 @@ class AuditWriter:
                 "path": str(self._spool.directory),
             }
         return status
+
+    async def _open(self) -> None:
+        try:
+            if self._spool is not None:
+                await self._on_disk(self._spool.open)
+            await self._sink.open()
+        except OSError:
+            self._disk.shutdown(wait=False)
+            raise
+        self._scanned_at = time.monotonic()
+        self._show_spool()
 
     async def _run(self) -> None:
         interval = self._config.flush_interval

@@ -3,7 +3,9 @@
 Readiness fails only for what would make requests fail: the gateway
 draining, or a guardrail service unreachable that a policy blocks on. A dead
 upstream is not a readiness failure: every gateway instance shares it, and
-taking them all out of a load balancer helps nobody.
+taking them all out of a load balancer helps nobody. Nor is the audit
+database: while it is away events wait in the spool, and /health/detailed
+shows the sink's health, the spool's size and its oldest event's age.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import pytest
 from gatewayd.app import AUDIT
 from gatewayd.audit import table
 from gatewayd.audit.event import COLUMNS, AuditEvent
+from gatewayd.audit.jsonl import encode
 from gatewayd.audit.postgres import PostgresSink
 from gatewayd.audit.spool import DEAD_LETTER
 from gatewayd.audit.writer import AuditWriter
@@ -267,3 +269,60 @@ def _status_is(writer: AuditWriter, key: str, count: int) -> Callable[[], Awaita
         return writer.status()[key] == count
 
     return check
+
+
+async def _gatewayd(*args: str) -> tuple[int, bytes, bytes]:
+    """Run the gatewayd command; its exit status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+def _sink_config(tmp_path: Path, dsn: str) -> Path:
+    path = tmp_path / "gatewayd.yaml"
+    path.write_text(
+        f'audit:\n  sink: postgres\n  postgres_dsn: "{dsn}"\n  spool_dir: {tmp_path}/spool\n'
+    )
+    return path
+
+
+async def test_audit_tail_prints_the_tables_last_rows_as_json_lines(
+    audit_db: AuditDatabase, tmp_path: Path
+) -> None:
+    """`gatewayd audit tail -n 2` prints the newest two rows, oldest first, as the file would."""
+    sink = PostgresSink(_sink(audit_db.dsn, tmp_path))
+    await sink.open()
+    events = [
+        _event(n, ts=1_780_000_000.0 + n, findings={"input": {"US_SSN": 1}}) for n in range(5)
+    ]
+    await sink.write(events)
+    await sink.close()
+    status, out, err = await _gatewayd(
+        "-c", str(_sink_config(tmp_path, audit_db.dsn)), "audit", "tail", "-n", "2"
+    )
+    assert (status, err) == (0, b"")
+    assert out.splitlines() == [encode(events[3]).rstrip(), encode(events[4]).rstrip()]
+
+
+async def test_audit_replay_drains_the_spool_by_hand(
+    audit_db: AuditDatabase, tmp_path: Path
+) -> None:
+    """Events spooled while the database was away are stored by `gatewayd audit replay`."""
+    dead = AuditConfig(sink=_sink(audit_db.via(free_port()), tmp_path / "spool"), flush_interval=60)
+    writer = AuditWriter(dead)
+    await writer.start()
+    for n in range(30):
+        await writer.emit(_event(n))
+    await writer.close()
+    assert writer.status()["spooled"] == 30
+    status, out, _ = await _gatewayd(
+        "-c", str(_sink_config(tmp_path, audit_db.dsn)), "audit", "replay"
+    )
+    assert status == 0
+    assert out.startswith(b"replayed 30 events")
+    assert len(await audit_db.rows()) == 30
+    assert list((tmp_path / "spool").glob("*.spool")) == []

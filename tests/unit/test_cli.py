@@ -125,3 +125,73 @@ def test_python_dash_m(good: Path, bad: Path) -> None:
     assert failed.returncode == 1
     assert failed.stdout == ""
     assert failed.stderr.splitlines()[0] == f"{bad}:2: server.workers: must be between 1 and 1024"
+
+
+def _audit_file(tmp_path: Path, lines: int) -> Path:
+    """A config whose jsonl audit file holds `lines` lines numbered 0.."""
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(b'{"n":%d}\n' % n for n in range(lines)))
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD + f"audit:\n  path: {tmp_path}/audit.jsonl\n")
+    return path
+
+
+def test_audit_tail_prints_the_last_lines(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """`audit tail -n N` prints the file's last N lines as they are."""
+    config = _audit_file(tmp_path, 30_000)
+    assert main(["-c", str(config), "audit", "tail", "-n", "3"]) == 0
+    assert capsysbinary.readouterr().out == b'{"n":29997}\n{"n":29998}\n{"n":29999}\n'
+    assert main(["-c", str(config), "audit", "tail", "-n", "0"]) == 0
+    assert capsysbinary.readouterr().out == b""
+
+
+def test_audit_tail_without_a_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing audit file is exit status 1 with a message, not a traceback."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD + f"audit:\n  path: {tmp_path}/none.jsonl\n")
+    assert main(["-c", str(path), "audit", "tail"]) == 1
+    assert "no audit file yet" in capsys.readouterr().err
+
+
+def test_audit_tail_follows_appends_and_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--follow prints whole appended lines, and carries on in the new file after a rotation."""
+    from gatewayd.audit import tools
+    from gatewayd.config import load
+
+    monkeypatch.setattr(tools, "POLL", 0.01)
+    config = load(_audit_file(tmp_path, 2))
+    audit = tmp_path / "audit.jsonl"
+    steps = [
+        lambda: audit.open("ab").write(b'{"n":2}\n{"n":3'),
+        lambda: audit.open("ab").write(b"}\n"),
+        lambda: audit.rename(tmp_path / "audit.jsonl.1"),
+        lambda: audit.write_bytes(b'{"n":4}\n'),
+    ]
+
+    def running() -> bool:
+        if steps:
+            steps.pop(0)()
+            return True
+        return False
+
+    out = types.SimpleNamespace(chunks=[])
+    sink = types.SimpleNamespace(write=out.chunks.append, flush=lambda: None)
+    assert tools.tail(config.audit, 1, follow=True, out=sink, running=running) == 0  # type: ignore[arg-type]
+    assert b"".join(out.chunks) == b'{"n":1}\n{"n":2}\n{"n":3}\n{"n":4}\n'
+
+
+def test_audit_replay_without_a_spool(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`audit replay` with the jsonl sink has nothing to do, and says why."""
+    assert main(["-c", str(good), "audit", "replay"]) == 0
+    assert "audit.sink is jsonl: it has no spool" in capsys.readouterr().err
+
+
+def test_audit_needs_an_action(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gatewayd audit` alone is a usage error naming the actions."""
+    assert main(["-c", str(good), "audit"]) == 2
+    assert "tail" in capsys.readouterr().err
