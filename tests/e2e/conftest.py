@@ -81,7 +81,8 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[object]:
         port = free_port()
         config_path = tmp_path / "gatewayd.yaml"
         config_path.write_text(textwrap.dedent(text).replace("{listen}", f"127.0.0.1:{port}"))
-        notify_path = tmp_path / "notify.sock"
+        # One per start: a test may start gatewayd again after killing it.
+        notify_path = tmp_path / f"notify-{len(started)}.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         notify.setblocking(False)

@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import FakeUpstream
+from tests.conftest import AuditDatabase, FakeUpstream
 from tests.e2e.conftest import DaemonProcess
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,13 @@ CANARIES = (
 )
 
 
-def _config(upstream_url: str) -> str:
+_JSONL = """
+          sink: jsonl
+          path: ${STATE_DIRECTORY}/audit.jsonl
+          flush_interval: 50ms"""
+
+
+def _config(upstream_url: str, audit: str = _JSONL) -> str:
     return f"""
         server:
           listen: "{{listen}}"
@@ -62,10 +68,7 @@ def _config(upstream_url: str) -> str:
             summary_header: true
             entities:
               CREDIT_CARD: block
-        audit:
-          sink: jsonl
-          path: ${{STATE_DIRECTORY}}/audit.jsonl
-          flush_interval: 50ms
+        audit:{audit}
     """
 
 
@@ -156,11 +159,11 @@ async def test_output_block_replaces_the_answer(
     await client.close()
 
 
-async def test_no_canary_reaches_logs_metrics_audit_or_errors(
-    start_daemon: StartDaemon, fake_upstream: FakeUpstream
-) -> None:
-    """No raw value sent through the gateway shows in its log, metrics, audit or errors."""
-    daemon = await start_daemon(_config(fake_upstream.url))
+async def _send_canaries(
+    daemon: DaemonProcess, fake_upstream: FakeUpstream
+) -> tuple[list[str], str, str]:
+    """Send every canary through every API the gateway reads; the gateway's error bodies,
+    then its /metrics and /health/detailed once the audit has had time to flush."""
     client = _sdk(daemon)
     errors: list[str] = []
     await client.chat.completions.create(
@@ -216,8 +219,17 @@ async def test_no_canary_reaches_logs_metrics_audit_or_errors(
             health_text = await resp.text()
     await client.close()
     await asyncio.sleep(0.3)  # one audit flush interval and then some
+    return errors, metrics_text, health_text
 
-    audit = (daemon.config_path.parent / "audit.jsonl").read_text()
+
+def _assert_no_canary(
+    daemon: DaemonProcess,
+    fake_upstream: FakeUpstream,
+    audit: str,
+    sent: tuple[list[str], str, str],
+) -> None:
+    """The audit holds the ten requests' entity counts, and no canary is anywhere."""
+    errors, metrics_text, health_text = sent
     assert len(audit.splitlines()) == 10
     assert '"EMAIL_ADDRESS"' in audit
     assert 'gatewayd_guardrail_findings_total{action="redact"' in metrics_text
@@ -234,3 +246,28 @@ async def test_no_canary_reaches_logs_metrics_audit_or_errors(
         for canary in CANARIES:
             assert canary not in text, f"{canary!r} leaked into the {name}"
     assert "sk-client-key" not in daemon.log() + audit
+
+
+async def test_no_canary_reaches_logs_metrics_audit_or_errors(
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream
+) -> None:
+    """No raw value sent through the gateway shows in its log, metrics, audit file or errors."""
+    daemon = await start_daemon(_config(fake_upstream.url))
+    sent = await _send_canaries(daemon, fake_upstream)
+    audit = (daemon.config_path.parent / "audit.jsonl").read_text()
+    _assert_no_canary(daemon, fake_upstream, audit, sent)
+
+
+async def test_no_canary_reaches_the_audit_table(
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream, audit_db: AuditDatabase
+) -> None:
+    """With the postgres sink, rows hold entity counts and hashes, never a value, prompt or key."""
+    audit = f"""
+          sink: postgres
+          postgres_dsn: "{audit_db.dsn}"
+          flush_interval: 50ms"""
+    daemon = await start_daemon(_config(fake_upstream.url, audit))
+    sent = await _send_canaries(daemon, fake_upstream)
+    # Every column of every row as text: what a reviewer with SELECT sees.
+    rows = await audit_db.conn.fetch("SELECT row_to_json(a)::text AS row FROM gatewayd_audit a")
+    _assert_no_canary(daemon, fake_upstream, "\n".join(row["row"] for row in rows), sent)

@@ -19,6 +19,8 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = free_port()
         self._server: asyncio.Server | None = None
+        # Both ends of every connection through the proxy, and the tasks pumping them.
+        self._streams: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -27,8 +29,8 @@ class TcpProxy:
 
     async def cut(self) -> None:
         """Refuse new connections and break the open ones."""
-        for pipe in list(self._pipes):
-            pipe.cancel()
+        for stream in list(self._streams):
+            stream.transport.abort()
         await asyncio.gather(*self._pipes, return_exceptions=True)
         if self._server is not None:
             self._server.close()
@@ -43,17 +45,21 @@ class TcpProxy:
         task = asyncio.current_task()
         assert task is not None
         self._pipes.add(task)
+        self._streams.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
+            self._streams.discard(writer)
             self._pipes.discard(task)
             return
+        self._streams.add(up_writer)
         try:
             await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
         finally:
             for stream in (writer, up_writer):
                 stream.close()
+                self._streams.discard(stream)
             self._pipes.discard(task)
 
 
