@@ -13,7 +13,8 @@ at the boundary where they happen (`raise ... from exc`).
     │   ├── GuardrailUnavailable     503 guardrail_unavailable (a filter failed, on_error=block)
     │   ├── UnreadableAnswer         502 unsupported_response (an answer the policy cannot read)
     │   └── UpstreamError
-    │       ├── UpstreamUnavailable  502 connect failure / 503 breaker open
+    │       ├── UpstreamUnavailable  502 unreachable, or dropped after sending / 503 every
+    │       │                        target's breaker open (+ Retry-After)
     │       │   └── UnreadableUpstreamAnswer  502 an answer the guardrails cannot parse
     │       └── UpstreamTimeout      504
     ├── FilterError                  a remote filter failed; the pipeline applies on_error
@@ -31,7 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar
 
 import orjson
 
@@ -68,8 +68,9 @@ class HTTPError(GatewayError):
     status = 500
     type = "server_error"
     code = "internal_error"
-    # Extra headers of the error response.
-    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # Extra headers of the error response; a class sets fixed ones, an
+    # instance may carry its own (a Retry-After of this moment).
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -115,7 +116,7 @@ class MethodNotAllowed(HTTPError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
-    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"Allow": "GET, POST, DELETE"})
+    headers: Mapping[str, str] = MappingProxyType({"Allow": "GET, POST, DELETE"})
 
 
 class RequestTimeout(HTTPError):
@@ -140,7 +141,7 @@ class UnreadableAnswer(HTTPError):
 
     status = 502
     code = "unsupported_response"
-    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"x-should-retry": "false"})
+    headers: Mapping[str, str] = MappingProxyType({"x-should-retry": "false"})
 
 
 class RequestTooLarge(HTTPError):
@@ -165,9 +166,13 @@ class UpstreamUnavailable(UpstreamError):
     status = 502
     code = "upstream_unavailable"
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
+    def __init__(
+        self, message: str, *, status: int = 502, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        if headers is not None:
+            self.headers = headers
 
 
 class UnreadableUpstreamAnswer(UpstreamUnavailable):
@@ -178,7 +183,7 @@ class UnreadableUpstreamAnswer(UpstreamUnavailable):
     to retry: the completion was generated, and billed, already.
     """
 
-    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"x-should-retry": "false"})
+    headers: Mapping[str, str] = MappingProxyType({"x-should-retry": "false"})
 
     def __init__(self, reason: str, message: str, *, attempts: int) -> None:
         super().__init__(message)

@@ -85,10 +85,21 @@ class RetryConfig:
     attempts: int = 3
     backoff_base: float = 0.1
     backoff_max: float = 2.0
-    # Conditions worth another try: "connect", "timeout", or an HTTP status
-    # ("502") or class ("5xx"). Only idempotent failures are in the default:
-    # a request that reached the model may already have been billed.
-    on: tuple[str, ...] = ("connect", "502", "503")
+    # The longest Retry-After (or retry-after-ms) the gateway waits out itself;
+    # a longer one goes back to the client with the upstream's response.
+    retry_after_max: float = 10.0
+    # Conditions worth another try, in Envoy's words (see upstream/retry.py).
+    # The default holds only outcomes where the model cannot have run or the
+    # upstream refused the work: a request that reached the model may already
+    # have been billed.
+    on: tuple[str, ...] = (
+        "connect-failure",
+        "reset-before-request",
+        "429",
+        "502",
+        "503",
+        "504",
+    )
     # Retries may add at most this fraction of recent requests (Envoy's retry
     # budget), so a sick upstream is not hit with attempts x traffic.
     budget_ratio: float = 0.2

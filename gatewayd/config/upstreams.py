@@ -58,6 +58,7 @@ _RETRY: Spec = {
     "attempts": v.integer(1, 10),
     "backoff_base": v.duration(),
     "backoff_max": v.duration(),
+    "retry_after_max": v.duration(),
     "on": Many(v.retry_condition),
     "budget_ratio": v.number(0.0, 1.0),
 }

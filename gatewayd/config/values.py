@@ -31,7 +31,9 @@ _FALSE = {"false", "no", "off", "0"}
 _ENTITY = re.compile(r"[A-Z][A-Z0-9_]*")
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 _LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]+)")
-_RETRY_ON = re.compile(r"connect|timeout|[1-5]xx|[1-5][0-9][0-9]")
+_RETRY_ON = re.compile(
+    r"connect-failure|reset-before-request|reset|timeout|connect|[1-5]xx|[1-5][0-9][0-9]"
+)
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 
 
@@ -267,13 +269,14 @@ def secret(scalar: Scalar) -> Secret:
 
 
 def retry_condition(scalar: Scalar) -> str:
-    """connect, timeout, a status class such as 5xx, or a status such as 503."""
+    """connect-failure, reset-before-request, reset, timeout, a status class such
+    as 5xx, or a status such as 503 (`connect`, from older configs, is the first two)."""
     word = scalar.text.strip().lower()
     if _RETRY_ON.fullmatch(word):
         return word
     raise ValueError(
-        "expected connect, timeout, a status class like 5xx or a status like 503;"
-        f" got {shown(word)}"
+        "expected connect-failure, reset-before-request, reset, timeout,"
+        f" a status class like 5xx or a status like 503; got {shown(word)}"
     )
 
 

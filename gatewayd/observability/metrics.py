@@ -74,16 +74,18 @@ UPSTREAM_DURATION = Histogram(
 )
 UPSTREAM_RETRIES = Counter(
     "gatewayd_upstream_retries_total",
-    "Retried upstream attempts, by reason (connect, timeout, or HTTP status).",
+    "Retried upstream attempts, by reason (a retry.on condition or an HTTP status);"
+    " budget_exhausted counts retries the retry budget refused.",
     ["upstream", "reason"],
     registry=REGISTRY,
 )
 CIRCUIT_OPEN = Gauge(
     "gatewayd_circuit_open",
-    "1 while an upstream's circuit breaker is open (or half-open), else 0.",
-    ["upstream"],
+    "1 while an upstream target's circuit breaker is open (or half-open), else 0.",
+    # target is the target's URL without credentials: a small fixed set, from config.
+    ["upstream", "target"],
     registry=REGISTRY,
-    # Every worker has its own breaker per upstream: 1 while any live one is
+    # Every worker has its own breaker per target: 1 while any live one is
     # open keeps the 0/1 meaning; a dead worker's breaker died with it.
     multiprocess_mode="livemax",
 )

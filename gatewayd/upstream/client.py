@@ -1,31 +1,36 @@
-"""The pooled client of one upstream: breaker, target choice, retries, timeouts.
+"""The pooled client of one upstream: per-target breakers, target choice,
+retries, timeouts.
 
-    send() -> breaker allows? -> next target -> attempt -> headers received
-                 |  no: 503                      |  failure or retryable status
-                 |                               v
-                 |            retry budget, attempts, deadline, breaker allow?
-                 |                  yes: sleep (jittered), next target, again
-                 |                  no: last response as is, or the error below
+    send() -> a target whose breaker allows? -> attempt -> Outcome (upstream/outcome.py)
+                 |  none: 503 + Retry-After          |
+                 |                                   v
+                 |      RetryPolicy.decide (upstream/retry.py), budget, next target's breaker
+                 |            yes: wait (none when an untried target is left), again
+                 |            no: the response as is, or the error below
 
 Failures leave this module as gatewayd.errors (`raise ... from exc`):
 
-    connection refused/reset/dropped, DNS, connect timeout   UpstreamUnavailable 502
-    no response headers in time (read or total timeout)      UpstreamTimeout 504
-    malformed response (never retried)                       UpstreamUnavailable 502
-    breaker open                                             UpstreamUnavailable 503
+    no connection (refused, DNS, connect timeout), or one   UpstreamUnavailable 502
+      found closed before the request was written
+    closed or reset after the request was sent              UpstreamUnavailable 502 ("may have
+                                                              been processed")
+    no response headers in time                             UpstreamTimeout 504
+    malformed response (never retried)                      UpstreamUnavailable 502
+    every target's breaker open                             UpstreamUnavailable 503 + Retry-After
 
-A connect timeout counts as "connect", not "timeout": the request never left,
-so retrying it is as safe as retrying a refused connection.
-
-The breaker hears about each attempt as it ends with its response headers:
-5xx, connect failures and timeouts are failures, anything else a success. A
-body that breaks off later while the proxy streams it is not counted here.
+Each target has its own breaker, which hears about each attempt on it as it
+ends with its response headers: 5xx and every failure are failures, anything
+else (429 included: the host is alive) a success. A body that breaks off later
+while the proxy streams it is not counted here. The upstream is "open" only
+while every target is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,13 +43,18 @@ from gatewayd.config.schema import UpstreamConfig
 from gatewayd.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gatewayd.observability.metrics import CIRCUIT_OPEN, UPSTREAM_DURATION, UPSTREAM_RETRIES
 from gatewayd.upstream.budget import RetryBudget
-from gatewayd.upstream.retry import (
+from gatewayd.upstream.outcome import (
     CONNECT,
-    RETRY_AFTER_STATUSES,
+    INVALID,
+    RESET_BEFORE_REQUEST,
     TIMEOUT,
-    RetryPolicy,
-    parse_retry_after,
+    Connector,
+    Outcome,
+    Progress,
+    failure_kind,
+    trace_config,
 )
+from gatewayd.upstream.retry import RetryPolicy
 from gatewayd.upstream.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -56,7 +66,8 @@ _SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE, hdrs
 # Host comes from the target, the length from the (possibly rewritten) body,
 # and Authorization only ever from the upstream's own api_key.
 _NOT_FORWARDED = (hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING, hdrs.AUTHORIZATION)
-_PROTOCOL = "protocol"
+# A retry the budget refused, as a gatewayd_upstream_retries_total reason.
+_BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 # Weight of the newest sample in the latency moving average (about the last 20).
@@ -75,7 +86,7 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """One configured upstream with its own connection pool and breaker."""
+    """One configured upstream with its own connection pool and a breaker per target."""
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.name = config.name
@@ -85,9 +96,14 @@ class Upstream:
         self._budget = RetryBudget(config.retry.budget_ratio)
         self._auth = f"Bearer {config.api_key}" if config.api_key else None
         self._duration = UPSTREAM_DURATION.labels(upstream=self.name)
-        self._circuit_open = CIRCUIT_OPEN.labels(upstream=self.name)
-        self._circuit_open.set(0)
-        self.breaker = CircuitBreaker(config.breaker, on_change=self._on_breaker_change)
+        self.breakers = tuple(
+            CircuitBreaker(
+                config.breaker, on_change=functools.partial(self._on_breaker_change, label)
+            )
+            for label in self._targets.labels
+        )
+        for label in self._targets.labels:
+            CIRCUIT_OPEN.labels(upstream=self.name, target=label).set(0)
         self._session: aiohttp.ClientSession | None = None
         self._in_flight = 0
         # Moving average of time to response headers, for /health/detailed:
@@ -99,7 +115,7 @@ class Upstream:
         if self._session is not None:
             return
         cfg = self._config
-        connector = aiohttp.TCPConnector(
+        connector = Connector(
             limit=cfg.pool_size,
             limit_per_host=cfg.pool_size_per_host,
             keepalive_timeout=cfg.keepalive,
@@ -113,6 +129,7 @@ class Upstream:
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             trust_env=False,
+            trace_configs=[trace_config()],
         )
 
     async def close(self) -> None:
@@ -133,28 +150,35 @@ class Upstream:
         session = self._session
         if session is None:
             raise RuntimeError(f"upstream {self.name} was not started")
-        if not self.breaker.allow():
-            raise UpstreamUnavailable(f"upstream {self.name}: circuit breaker open", status=503)
+        index = self._choose(self._targets.first())
+        if index is None:
+            raise self._all_open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.total_timeout
         out_headers = self._outgoing_headers(headers)
         data = body or None
-        first = self._targets.first()
+        tried: set[int] = set()
         self._budget.record_request()
         self._in_flight += 1
-        # A breaker permit (allow() returned True) not yet answered with a
-        # success or failure; see the except clause below.
-        answered = False
+        # The breaker whose permit (allow() returned True) is not yet answered
+        # with a success or failure; see the except clause below.
+        pending: CircuitBreaker | None = self.breakers[index]
         attempt = 0
         try:
             while True:
-                target = self._targets.pick(first, attempt)
+                target = self._targets[index]
+                breaker = self.breakers[index]
+                tried.add(index)
                 attempt += 1
                 started = loop.time()
                 if started >= deadline:
                     exhausted = UpstreamTimeout(f"upstream {self.name}: total timeout exhausted")
                     exhausted.attempts = attempt - 1
                     raise exhausted
+                progress = Progress()
+                resp: aiohttp.ClientResponse | None = None
+                failure: BaseException | None = None
+                kind = ""
                 try:
                     resp = await session.request(
                         method,
@@ -163,63 +187,113 @@ class Upstream:
                         data=data,
                         allow_redirects=False,
                         timeout=self._timeout(deadline - started),
+                        trace_request_ctx=progress,
                     )
                 except (TimeoutError, aiohttp.ClientError) as exc:
-                    self._duration.observe(loop.time() - started)
-                    self.breaker.record_failure()
-                    answered = True
-                    reason = _failure_reason(exc)
-                    delay = None
-                    if self._policy.on_failure(reason):
-                        delay = self._retry_delay(reason, attempt, deadline, None)
-                    if delay is None:
-                        raise self._error(reason, attempt) from exc
+                    failure = exc
+                    kind = failure_kind(exc) or INVALID
+                    outcome = progress.outcome(kind)
+                    breaker.record_failure()
                 else:
-                    elapsed = loop.time() - started
-                    self._duration.observe(elapsed)
-                    self._track_latency(elapsed * 1000.0)
-                    status = resp.status
-                    if status >= 500:
-                        self.breaker.record_failure()
+                    outcome = Outcome.response(resp.status, resp.headers)
+                    self._track_latency((loop.time() - started) * 1000.0)
+                    if resp.status >= 500:
+                        breaker.record_failure()
                     else:
-                        self.breaker.record_success()
-                    answered = True
-                    delay = None
-                    if self._policy.on_status(status):
-                        retry_after = None
-                        if status in RETRY_AFTER_STATUSES:
-                            retry_after = parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER))
-                        delay = self._retry_delay(str(status), attempt, deadline, retry_after)
-                    if delay is None:
-                        self._watch_release(resp)
-                        return UpstreamResponse(resp, attempt, elapsed * 1000.0, target.label)
+                        breaker.record_success()
+                elapsed = loop.time() - started
+                self._duration.observe(elapsed)
+                pending = None
+                delay = self._next_delay(outcome, attempt, deadline - loop.time(), tried)
+                following = self._choose(index + 1) if delay is not None else None
+                if following is None:
+                    if resp is None:
+                        raise self._error(outcome, kind, attempt) from failure
+                    self._watch_release(resp)
+                    return UpstreamResponse(resp, attempt, elapsed * 1000.0, target.label)
+                if resp is not None:
                     resp.release()
-                answered = False
-                await asyncio.sleep(delay)
+                index, pending = following, self.breakers[following]
+                self._count_retry(outcome)
+                await asyncio.sleep(delay or 0.0)
         except BaseException:
             self._in_flight -= 1
             # In half-open each permit is one of few probe slots; one that is
             # never answered (cancelled client, deadline) would keep the
             # breaker refusing forever. Unknown outcome: assume the worst.
-            if not answered and self.breaker.state is BreakerState.HALF_OPEN:
-                self.breaker.record_failure()
+            if pending is not None and pending.state is BreakerState.HALF_OPEN:
+                pending.record_failure()
             raise
 
     def status(self) -> dict[str, object]:
-        """State for /health/detailed; holds no credentials."""
+        """State for /health/detailed; holds no credentials. `breaker` is the
+        upstream's: open when every target's is, closed when none is, else degraded."""
         requests, retries = self._budget.counts()
-        state = self.breaker.state
+        states = [b.state for b in self.breakers]
         latency = self._latency_ms
+        if all(state is BreakerState.OPEN for state in states):
+            breaker = BreakerState.OPEN.value
+        elif all(state is BreakerState.CLOSED for state in states):
+            breaker = BreakerState.CLOSED.value
+        else:
+            breaker = "degraded"
         return {
-            "healthy": state is not BreakerState.OPEN,
+            "healthy": breaker != BreakerState.OPEN.value,
             "latency_ms": round(latency, 3) if latency is not None else None,
-            "breaker": state.value,
-            "retry_after": round(self.breaker.retry_after(), 3),
-            "targets": self._targets.labels,
+            "breaker": breaker,
+            "retry_after": round(self._retry_after(), 3),
+            "targets": [
+                {"target": label, "breaker": state.value, "retry_after": round(b.retry_after(), 3)}
+                for label, state, b in zip(self._targets.labels, states, self.breakers, strict=True)
+            ],
             "in_flight": self._in_flight,
             "window_requests": requests,
             "window_retries": retries,
         }
+
+    def _choose(self, start: int) -> int | None:
+        """The first target from `start` on (round-robin) whose breaker lets a call through."""
+        count = len(self.breakers)
+        for step in range(count):
+            index = (start + step) % count
+            if self.breakers[index].allow():
+                return index
+        return None
+
+    def _next_delay(
+        self, outcome: Outcome, attempt: int, remaining: float, tried: set[int]
+    ) -> float | None:
+        """Seconds to wait before another attempt, or None if this one is the last."""
+        # The next pick is untried if some untried target's breaker is not open.
+        fresh = any(
+            i not in tried and b.state is not BreakerState.OPEN for i, b in enumerate(self.breakers)
+        )
+        delay = self._policy.decide(outcome, attempt, remaining, fresh_target=fresh)
+        if delay is None:
+            return None
+        if not self._budget.allows_retry():
+            UPSTREAM_RETRIES.labels(upstream=self.name, reason=_BUDGET_EXHAUSTED).inc()
+            return None
+        return delay
+
+    def _count_retry(self, outcome: Outcome) -> None:
+        self._budget.record_retry()
+        UPSTREAM_RETRIES.labels(upstream=self.name, reason=outcome.condition).inc()
+        log.debug("upstream %s: attempt failed (%s), retrying", self.name, outcome.condition)
+
+    def _retry_after(self) -> float:
+        """Seconds until the first target lets a probe through (0 while one is usable)."""
+        return min(b.retry_after() for b in self.breakers)
+
+    def _all_open(self) -> UpstreamUnavailable:
+        # Whole seconds, at least 1: Retry-After has no fractions, and 0
+        # would invite an immediate retry that is refused again.
+        wait = max(1, math.ceil(self._retry_after()))
+        return UpstreamUnavailable(
+            f"upstream {self.name}: circuit breaker open on every target, next probe in {wait}s",
+            status=503,
+            headers={hdrs.RETRY_AFTER: str(wait)},
+        )
 
     def _track_latency(self, ms: float) -> None:
         previous = self._latency_ms
@@ -242,31 +316,24 @@ class Upstream:
             sock_read=self._config.read_timeout,
         )
 
-    def _retry_delay(
-        self, reason: str, attempt: int, deadline: float, retry_after: float | None
-    ) -> float | None:
-        """Seconds to wait before another attempt, or None if `attempt` was the last."""
-        if attempt >= self._policy.attempts or not self._budget.allows_retry():
-            return None
-        delay = self._policy.delay(attempt - 1, retry_after)
-        if delay is None or asyncio.get_running_loop().time() + delay >= deadline:
-            return None
-        if not self.breaker.allow():
-            return None
-        self._budget.record_retry()
-        UPSTREAM_RETRIES.labels(upstream=self.name, reason=reason).inc()
-        log.debug("upstream %s: attempt %d failed (%s), retrying", self.name, attempt, reason)
-        return delay
-
-    def _error(self, reason: str, attempts: int) -> UpstreamError:
+    def _error(self, outcome: Outcome, kind: str, attempts: int) -> UpstreamError:
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         error: UpstreamError
-        if reason == TIMEOUT:
-            error = UpstreamTimeout(f"upstream {self.name} timed out ({tries})")
-        elif reason == CONNECT:
-            error = UpstreamUnavailable(f"upstream {self.name} unreachable ({tries})")
-        else:
+        if outcome.condition == INVALID:
             error = UpstreamUnavailable(f"upstream {self.name} sent an invalid response")
+        elif outcome.may_have_reached_model:
+            # The client's SDK would retry a 502 or 504 by itself: say why it may not want to.
+            what = "timed out" if kind == TIMEOUT else "closed the connection"
+            message = (
+                f"upstream {self.name} {what} after the request was sent ({tries});"
+                " the request may have been processed"
+            )
+            error = UpstreamTimeout(message) if kind == TIMEOUT else UpstreamUnavailable(message)
+        elif kind == TIMEOUT and outcome.stage == CONNECT:
+            error = UpstreamTimeout(f"upstream {self.name} timed out before connecting ({tries})")
+        else:
+            why = " (connection closed before use)" if outcome.stage == RESET_BEFORE_REQUEST else ""
+            error = UpstreamUnavailable(f"upstream {self.name} unreachable ({tries}){why}")
         error.attempts = attempts
         return error
 
@@ -282,19 +349,8 @@ class Upstream:
     def _released(self) -> None:
         self._in_flight -= 1
 
-    def _on_breaker_change(self, state: BreakerState) -> None:
+    def _on_breaker_change(self, target: str, state: BreakerState) -> None:
         closed = state is BreakerState.CLOSED
-        self._circuit_open.set(0 if closed else 1)
+        CIRCUIT_OPEN.labels(upstream=self.name, target=target).set(0 if closed else 1)
         level = logging.INFO if closed else logging.WARNING
-        log.log(level, "upstream %s: circuit breaker %s", self.name, state.value)
-
-
-def _failure_reason(exc: BaseException) -> str:
-    """connect, timeout or protocol, for an exception raised before response headers."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return CONNECT
-    if isinstance(exc, TimeoutError):
-        return TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return CONNECT
-    return _PROTOCOL
+        log.log(level, "upstream %s target %s: circuit breaker %s", self.name, target, state.value)

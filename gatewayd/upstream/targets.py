@@ -1,8 +1,8 @@
 """The equivalent base URLs of one upstream, and which one a request goes to.
 
 Each request starts at the next target in turn (round-robin); a retry of the
-same request moves on to the following target, so one sick host does not take
-every attempt of a request.
+same request moves on to the following target whose breaker lets it through
+(upstream/client.py), so one sick host does not take every attempt of a request.
 """
 
 from __future__ import annotations
@@ -64,6 +64,5 @@ class Targets:
         """The starting position for a new request."""
         return next(self._counter) % len(self._targets)
 
-    def pick(self, first: int, attempt: int) -> Target:
-        """The target for the attempt-th try (0-based) of a request that started at `first`."""
-        return self._targets[(first + attempt) % len(self._targets)]
+    def __getitem__(self, index: int) -> Target:
+        return self._targets[index]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from presidio_analyzer import AnalyzerEngine
 
-from gatewayd.config.schema import PresidioFilterConfig
+from gatewayd.config.schema import PresidioFilterConfig, RetryConfig, UpstreamConfig
 from gatewayd.guardrails.filters.presidio import PresidioFilter
+from gatewayd.upstream.client import Upstream
 from tests.fakes.presidio_server import (
     Analyzer,
     AnalyzerState,
@@ -53,3 +55,22 @@ async def start_filter(analyzer: Analyzer) -> AsyncIterator[StartFilter]:
     yield start
     for presidio in started:
         await presidio.close()
+
+
+@pytest.fixture
+async def make_upstream() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
+    """Builds started Upstreams with unique names (metrics are global) and closes them;
+    retries back off for a millisecond or two unless `retry` says otherwise."""
+    made: list[Upstream] = []
+
+    async def make(*urls: str, **overrides: Any) -> Upstream:
+        overrides.setdefault("retry", RetryConfig(attempts=3, backoff_base=0.001))
+        config = UpstreamConfig(name=f"t-{uuid.uuid4().hex[:8]}", urls=urls, **overrides)
+        upstream = Upstream(config)
+        await upstream.start()
+        made.append(upstream)
+        return upstream
+
+    yield make
+    for upstream in made:
+        await upstream.close()

@@ -22,6 +22,7 @@ from gatewayd.config.schema import PresidioFilterConfig
 from gatewayd.errors import FilterError
 from gatewayd.guardrails.types import FilterHealth, Span
 from gatewayd.observability.metrics import PRESIDIO_CALLS, PRESIDIO_DURATION, PRESIDIO_TEXTS
+from gatewayd.upstream.outcome import CONNECT_FAILURE, INVALID, RESET, TIMEOUT, failure_kind
 
 Spans = tuple[Span, ...]
 
@@ -97,10 +98,8 @@ class AnalyzerClient:
             async with session.get(self._health_url) as resp:
                 await resp.read()
                 status = resp.status
-        except aiohttp.ClientError as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return self._health(False, None, _error_kind(exc))
-        except TimeoutError:
-            return self._health(False, None, "timeout")
         latency_ms = (time.perf_counter() - started) * 1000
         if status != 200:
             return self._health(False, latency_ms, "http")
@@ -157,11 +156,9 @@ class AnalyzerClient:
             ) as resp:
                 body = await resp.read()
                 status = resp.status
-        except aiohttp.ClientError as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             kind = _error_kind(exc)
             raise FilterError(self._name, kind, self._describe(kind, exc)) from exc
-        except TimeoutError as exc:
-            raise FilterError(self._name, "timeout", self._describe("timeout", exc)) from exc
         if status != 200:
             raise FilterError(self._name, "http", f"analyzer at {self._where} answered {status}")
         try:
@@ -246,10 +243,11 @@ def _span(item: object, length: int) -> Span | None:
     return None
 
 
-def _error_kind(exc: aiohttp.ClientError) -> str:
-    # aiohttp's own timeouts are ClientErrors too; they still mean "timeout".
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return "connect"
-    return "http"
+# The upstream client's failure kinds in FilterError's words; a connection
+# dropped mid-call is "connect" as it always was here.
+_KINDS = {CONNECT_FAILURE: "connect", TIMEOUT: "timeout", RESET: "connect", INVALID: "http"}
+
+
+def _error_kind(exc: BaseException) -> str:
+    """timeout, connect or http for an aiohttp failure, by the one shared table."""
+    return _KINDS[failure_kind(exc) or INVALID]

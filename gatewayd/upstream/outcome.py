@@ -1,0 +1,160 @@
+"""How far one upstream attempt got, read from aiohttp's trace signals and its
+exceptions, so the retry decision can tell a request that never left from one
+the model may already be answering (and billing).
+
+    stage                  meaning                                        retry.on name
+    connect                no connection: refused, DNS, TLS, connect      connect-failure
+                           timeout, no pool slot before the deadline
+    reset-before-request   a connection was had, but it was found closed  reset-before-request
+                           before any byte of this request was written
+    sent                   the request was (being) written, no response   reset, timeout
+                           headers came: closed, reset or stalled
+    response               response headers arrived                       429, 5xx, NNN
+
+"Written" is counted from the moment aiohttp hands the headers to its writer
+(`on_request_headers_sent` fires just before the bytes go out), so a doubt
+always falls on the side of "sent": never retried by default.
+
+FAILURES is the one table from aiohttp's exceptions to failure kinds, used by
+the upstream client and the Presidio client alike; order matters (first match
+wins, most specific first).
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Final
+
+import aiohttp
+from aiohttp import ClientRequest, ClientTimeout
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
+
+CONNECT: Final = "connect"
+RESET_BEFORE_REQUEST: Final = "reset-before-request"
+SENT: Final = "sent"
+RESPONSE: Final = "response"
+
+# Failure kinds of an exception, before knowing how far the request got.
+CONNECT_FAILURE: Final = "connect-failure"
+TIMEOUT: Final = "timeout"
+RESET: Final = "reset"
+# A malformed answer: something came back, so the model may have run; no
+# retry condition names it.
+INVALID: Final = "invalid"
+
+FAILURES: Final[tuple[tuple[type[BaseException], str], ...]] = (
+    # Before TimeoutError, which it subclasses: the request never left.
+    (aiohttp.ConnectionTimeoutError, CONNECT_FAILURE),
+    # Refused, DNS, TLS handshake: a ClientOSError, so before ClientConnectionError.
+    (aiohttp.ClientConnectorError, CONNECT_FAILURE),
+    # sock_read, the total deadline (aiohttp's own timeouts are TimeoutErrors).
+    (TimeoutError, TIMEOUT),
+    # ServerDisconnectedError, ClientOSError (ECONNRESET), writes to a closed transport.
+    (aiohttp.ClientConnectionError, RESET),
+    # Malformed status line or headers, a broken payload.
+    (aiohttp.ClientError, INVALID),
+)
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """The FAILURES kind of an exception, or None when it is not a transport failure."""
+    for kind_of, kind in FAILURES:
+        if isinstance(exc, kind_of):
+            return kind
+    return None
+
+
+class Progress:
+    """How far one attempt got; filled in by the trace signals of `trace_config()`."""
+
+    __slots__ = ("connected", "written")
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.written = False
+
+    def outcome(self, kind: str) -> Outcome:
+        """The Outcome of a failure of this kind at this point of the attempt."""
+        if kind == CONNECT_FAILURE or not self.connected:
+            return Outcome(CONNECT, CONNECT_FAILURE)
+        if not self.written:
+            return Outcome(RESET_BEFORE_REQUEST, RESET_BEFORE_REQUEST)
+        return Outcome(SENT, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's end: its stage, the retry.on name it matches, and for a
+    response its status and headers (Retry-After and the like)."""
+
+    stage: str
+    condition: str
+    status: int = 0
+    headers: Mapping[str, str] | None = None
+
+    @classmethod
+    def response(cls, status: int, headers: Mapping[str, str]) -> Outcome:
+        """The outcome of an attempt whose response headers arrived."""
+        return cls(RESPONSE, str(status), status, headers)
+
+    @property
+    def may_have_reached_model(self) -> bool:
+        """Did the request (possibly) reach the upstream's application?"""
+        return self.stage in (SENT, RESPONSE)
+
+
+def _progress(ctx: SimpleNamespace) -> Progress | None:
+    progress = ctx.trace_request_ctx
+    return progress if isinstance(progress, Progress) else None
+
+
+async def _on_connected(_session: object, ctx: SimpleNamespace, _params: object) -> None:
+    if (progress := _progress(ctx)) is not None:
+        progress.connected = True
+
+
+async def _on_written(_session: object, ctx: SimpleNamespace, _params: object) -> None:
+    if (progress := _progress(ctx)) is not None:
+        progress.written = True
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    """A TraceConfig that records each request's Progress (its trace_request_ctx)."""
+    config = aiohttp.TraceConfig()
+    config.on_connection_create_end.append(_on_connected)
+    config.on_connection_reuseconn.append(_on_connected)
+    config.on_request_headers_sent.append(_on_written)
+    config.on_request_chunk_sent.append(_on_written)
+    config.freeze()
+    return config
+
+
+class Connector(aiohttp.TCPConnector):
+    """A TCPConnector that refuses a connection the peer already closed.
+
+    aiohttp reuses a pooled connection whose close it has not yet seen; the
+    request is then written into a dead socket and the failure looks like one
+    after sending. Checking that the socket has nothing to read (what urllib3
+    does before reuse) turns that race into reset-before-request.
+    """
+
+    # aiohttp's signature, timeout parameter included.
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109
+    ) -> Connection:
+        """A connection from the pool or a new one, known open before writing."""
+        conn = await super().connect(req, traces, timeout)
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        # Readable while idle means EOF or bytes nobody asked for: unusable.
+        if sock is None or select.select([sock], [], [], 0)[0]:
+            conn.close()
+            raise aiohttp.ServerDisconnectedError("connection closed by the upstream before use")
+        return conn
