@@ -11,6 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 
@@ -259,7 +260,12 @@ async def test_gateway_starts_and_is_ready_with_the_database_down(
 
 def _count_is(db: AuditDatabase, count: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return bool(await db.conn.fetchval("SELECT count(*) FROM gatewayd_audit") == count)
+        try:
+            rows = await db.conn.fetchval("SELECT count(*) FROM gatewayd_audit")
+        except asyncpg.UndefinedTableError:
+            # The sink creates its table once it first reaches the database.
+            return False
+        return bool(rows == count)
 
     return check
 
