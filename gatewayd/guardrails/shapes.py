@@ -166,6 +166,20 @@ class Node:
         raise NotImplementedError
 
 
+class Leaf(Node):
+    """A value nothing is read from, only checked: the walk of an object or list
+    calls `ok` on it directly, building no path unless the value is odd."""
+
+    __slots__ = ()
+
+    def ok(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
+        if not self.ok(value):
+            out.odd(path)
+
+
 class _Text(Node):
     __slots__ = ("json",)
 
@@ -180,36 +194,34 @@ class _Text(Node):
             out.odd(path)
 
 
-class _Keep(Node):
+class _Keep(Leaf):
     __slots__ = ()
 
-    def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
+    def ok(self, value: Any) -> bool:
         if isinstance(value, str):
             if value in _KEPT:
-                return
+                return True
             if not _ID_LIKE.fullmatch(value):
-                out.odd(path)
-            elif len(_KEPT) < _KEPT_SIZE:
+                return False
+            if len(_KEPT) < _KEPT_SIZE:
                 # A stream repeats its id, model and roles in every event.
                 _KEPT.add(value)
-        elif isinstance(value, dict | list):
-            out.odd(path)
+            return True
+        return not isinstance(value, dict | list)
 
 
-class _Number(Node):
+class _Number(Leaf):
     __slots__ = ()
 
-    def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
-        if value is not None and not isinstance(value, int | float):
-            out.odd(path)
+    def ok(self, value: Any) -> bool:
+        return value is None or isinstance(value, int | float)
 
 
-class _Media(Node):
+class _Media(Leaf):
     __slots__ = ()
 
-    def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
-        if value is not None and not isinstance(value, str):
-            out.odd(path)
+    def ok(self, value: Any) -> bool:
+        return value is None or isinstance(value, str)
 
 
 class _Url(Node):
@@ -283,13 +295,12 @@ class _Deep(Node):
                 self.walk(item, value, i, (path, i), out)
 
 
-class _Opaque(Node):
+class _Opaque(Leaf):
     __slots__ = ()
 
-    def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
+    def ok(self, value: Any) -> bool:
         # An empty list says the same as null (Responses deltas carry `logprobs: []`).
-        if value is not None and value != []:
-            out.odd(path)
+        return value is None or value == []
 
 
 TEXT: Node = _Text()
@@ -325,6 +336,9 @@ class Obj(Node):
             node = fields.get(k)
             if node is None:
                 out.odd((path, _key_name(k)))
+            elif isinstance(node, Leaf):
+                if not node.ok(item):
+                    out.odd((path, k))
             else:
                 node.walk(item, value, k, (path, k), out)
 
