@@ -375,26 +375,27 @@ class Either(Node):
         list: Node | None = None,
         dict: Node | None = None,
     ) -> None:
-        self.by_type = {"str": str, "num": num, "list": list, "dict": dict}
+        # Keyed by the exact types orjson gives, so one lookup picks the shape.
+        self.by_type: dict[type, Node | None] = {
+            _STR: str,
+            _LIST: list,
+            _DICT: dict,
+            int: num,
+            float: num,
+            bool: num,
+        }
 
     def walk(self, value: Any, parent: Any, key: str | int, path: Path, out: Walk) -> None:
         if value is None:
             return
-        node = self.by_type.get(_json_type(value))
+        node = self.by_type.get(type(value))
         if node is None:
             out.odd(path)
         else:
             node.walk(value, parent, key, path, out)
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "dict"
-    return "num"
+_STR, _LIST, _DICT = str, list, dict
 
 
 class Tagged(Node):
