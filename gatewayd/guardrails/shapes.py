@@ -316,10 +316,12 @@ OPAQUE: Node = _Opaque()
 class Obj(Node):
     """An object with known keys; any other key is unknown."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("checks", "fields")
 
     def __init__(self, fields: Mapping[str, Node]) -> None:
         self.fields = dict(fields)
+        # The leaves' checks, looked up first: most fields of an event are leaves.
+        self.checks = {k: node.ok for k, node in fields.items() if isinstance(node, Leaf)}
 
     def extend(self, **more: Node) -> Obj:
         """The same object with more keys."""
@@ -331,14 +333,16 @@ class Obj(Node):
         if not isinstance(value, dict):
             out.odd(path)
             return
-        fields = self.fields
+        checks, fields = self.checks, self.fields
         for k, item in value.items():
+            check = checks.get(k)
+            if check is not None:
+                if not check(item):
+                    out.odd((path, k))
+                continue
             node = fields.get(k)
             if node is None:
                 out.odd((path, _key_name(k)))
-            elif isinstance(node, Leaf):
-                if not node.ok(item):
-                    out.odd((path, k))
             else:
                 node.walk(item, value, k, (path, k), out)
 
