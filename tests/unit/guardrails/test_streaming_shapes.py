@@ -241,3 +241,15 @@ async def test_responses_events_of_unknown_types_end_the_stream() -> None:
     out = await _run(guard.stream(request), pieces)
     assert _data(out)[-1]["error"]["code"] == "unsupported_response"
     assert b"a@x.io" not in out
+
+
+async def test_strings_of_a_chunk_outside_its_channels_are_read_whole() -> None:
+    """A tool call's name beside an empty content delta is restored and filtered whole."""
+    guard = restoring_guard()
+    request = await _chat_request(guard)
+    call = {"index": 0, "id": "t", "type": "function", "function": {"name": "<EMAIL_ADDRESS_1>"}}
+    out = await _run(
+        guard.stream(request), [sse(_delta(content="", tool_calls=[call])), sse("[DONE]")]
+    )
+    [chunk] = [orjson.loads(data) for data in events(out)]
+    assert chunk["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "a@x.io"
