@@ -160,6 +160,9 @@ class UpstreamError(HTTPError):
     type = "server_error"
     # Tries made before giving up, for the access log and the audit event.
     attempts = 0
+    # The last attempt failed in a way retry.on allows retrying (or every
+    # target was ejected): nothing reached the model, so a route's fallback may answer.
+    retryable = False
 
 
 class UpstreamUnavailable(UpstreamError):

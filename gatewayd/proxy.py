@@ -45,11 +45,11 @@ from gatewayd.headers import (
     REQUEST_ID,
     client_response_headers,
     request_id_from,
-    upstream_request_headers,
 )
 from gatewayd.observability.metrics import UNREADABLE_ANSWERS, child
 from gatewayd.routing import normalize_path
 from gatewayd.runtime import Runtime, RuntimeHolder
+from gatewayd.upstream.fallback import send_routed
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,6 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
         raise NotFound("no route matches the request path")
     route = match.route
     ex.route, ex.upstream = route.name, route.upstream
-    upstream = runtime.upstreams[route.upstream]
-    upstream_config = runtime.config.upstreams[route.upstream]
     guard = runtime.guards.get(route.policy) if route.policy else None
     if guard is not None and guard.policy.mode is Mode.OFF:
         guard = None
@@ -135,16 +133,23 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
     elif ex.audited and body and _is_json(request.content_type):
         _record_request(ex, _parse_unguarded(body))
 
-    headers = upstream_request_headers(request.headers, ex.request_id, upstream_config)
     output_guard = (
         guard if checked is not None and guard is not None and guard.wants_answer(checked) else None
     )
-    if output_guard is not None:
-        # The guard reads the answer's text, so it must arrive uncompressed.
-        headers["Accept-Encoding"] = "identity"
     path_qs = f"{match.upstream_path}?{query}" if query else match.upstream_path
-    sent = await upstream.send(request.method, path_qs, headers, body)
-    ex.attempts, ex.upstream_ms = sent.attempts, sent.upstream_ms
+    # An output guard reads the answer's text, so it must arrive uncompressed.
+    sent = await send_routed(
+        runtime.upstreams,
+        route,
+        request.method,
+        path_qs,
+        request.headers,
+        ex.request_id,
+        body,
+        identity=output_guard is not None,
+    )
+    ex.attempts, ex.upstream_ms, ex.upstream = sent.attempts, sent.upstream_ms, sent.upstream
+    upstream_config = runtime.upstreams[sent.upstream].config
     response = sent.response
     try:
         out_headers = client_response_headers(response.headers, upstream_config)

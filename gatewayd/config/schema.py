@@ -141,6 +141,9 @@ class RouteConfig:
     upstream: str
     policy: str | None = None
     strip_prefix: bool = False
+    # Another upstream, asked when every target of `upstream` is ejected or
+    # its last attempt failed in a way retry.on allows retrying.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,7 +146,15 @@ def read_routes(root: Reader, upstreams: set[str], policies: set[str]) -> dict[s
     for name, reader in root.tables("routes"):
         prefix = reader.value("prefix", v.route_prefix, required=True)
         upstream = reader.value("upstream", v.one_of(upstreams, "upstream"), required=True)
-        fields = reader.fields({"policy": v.one_of(policies, "policy"), "strip_prefix": v.boolean})
+        fields = reader.fields(
+            {
+                "policy": v.one_of(policies, "policy"),
+                "strip_prefix": v.boolean,
+                "fallback": v.one_of(upstreams, "upstream"),
+            }
+        )
+        if upstream is not None and fields.get("fallback") == upstream:
+            reader.problem("fallback", "must be another upstream than the route's own")
         if prefix is not None and prefix in owners:
             reader.problem("prefix", f"route {owners[prefix]} already has this prefix")
         elif prefix is not None:

@@ -83,6 +83,10 @@ class UpstreamResponse:
     attempts: int
     upstream_ms: float
     target: str
+    # The name of the upstream that answered (a route's fallback, perhaps).
+    upstream: str
+    # The status matched a retry condition: retries ran out, not the upstream's patience.
+    retryable: bool
 
 
 class Upstream:
@@ -90,7 +94,7 @@ class Upstream:
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.name = config.name
-        self._config = config
+        self.config = config
         self._targets = Targets(config.urls)
         self._policy = RetryPolicy(config.retry)
         self._budget = RetryBudget(config.retry.budget_ratio)
@@ -114,7 +118,7 @@ class Upstream:
         """Create the pooled session; needs the running event loop."""
         if self._session is not None:
             return
-        cfg = self._config
+        cfg = self.config
         connector = Connector(
             limit=cfg.pool_size,
             limit_per_host=cfg.pool_size_per_host,
@@ -154,7 +158,7 @@ class Upstream:
         if index is None:
             raise self._all_open()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.total_timeout
+        deadline = loop.time() + self.config.total_timeout
         out_headers = self._outgoing_headers(headers)
         data = body or None
         tried: set[int] = set()
@@ -207,10 +211,14 @@ class Upstream:
                 delay = self._next_delay(outcome, attempt, deadline - loop.time(), tried)
                 following = self._choose(index + 1) if delay is not None else None
                 if following is None:
+                    retryable = self._policy.retryable(outcome)
                     if resp is None:
-                        raise self._error(outcome, kind, attempt) from failure
+                        error = self._error(outcome, kind, attempt)
+                        error.retryable = retryable
+                        raise error from failure
                     self._watch_release(resp)
-                    return UpstreamResponse(resp, attempt, elapsed * 1000.0, target.label)
+                    ms = elapsed * 1000.0
+                    return UpstreamResponse(resp, attempt, ms, target.label, self.name, retryable)
                 if resp is not None:
                     resp.release()
                 index, pending = following, self.breakers[following]
@@ -289,11 +297,14 @@ class Upstream:
         # Whole seconds, at least 1: Retry-After has no fractions, and 0
         # would invite an immediate retry that is refused again.
         wait = max(1, math.ceil(self._retry_after()))
-        return UpstreamUnavailable(
+        error = UpstreamUnavailable(
             f"upstream {self.name}: circuit breaker open on every target, next probe in {wait}s",
             status=503,
             headers={hdrs.RETRY_AFTER: str(wait)},
         )
+        # Every target is ejected: what a route's fallback is for.
+        error.retryable = True
+        return error
 
     def _track_latency(self, ms: float) -> None:
         previous = self._latency_ms
@@ -312,8 +323,8 @@ class Upstream:
         # deadline covers the whole exchange, streaming included.
         return aiohttp.ClientTimeout(
             total=remaining,
-            sock_connect=self._config.connect_timeout,
-            sock_read=self._config.read_timeout,
+            sock_connect=self.config.connect_timeout,
+            sock_read=self.config.read_timeout,
         )
 
     def _error(self, outcome: Outcome, kind: str, attempts: int) -> UpstreamError:

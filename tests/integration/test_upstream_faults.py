@@ -16,12 +16,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gatewayd.breaker import BreakerState
-from gatewayd.config.schema import BreakerConfig, RetryConfig
+from gatewayd.config.schema import BreakerConfig, RetryConfig, RouteConfig, Secret
 from gatewayd.errors import UpstreamError
 from gatewayd.observability.metrics import REGISTRY
 from gatewayd.upstream.client import Upstream
+from gatewayd.upstream.fallback import send_routed
 
 # The default conditions with waits short enough for a test (make_upstream's default).
 FAST = RetryConfig(attempts=3, backoff_base=0.001)
@@ -36,6 +38,7 @@ class FaultyUpstream:
     def __init__(self, *actions: str) -> None:
         self.actions = actions or ("200",)
         self.requests = 0
+        self.heads: list[bytes] = []
         self.connections = 0
         self.url = ""
         self.release = asyncio.Event()
@@ -79,6 +82,7 @@ class FaultyUpstream:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 await reader.readexactly(_content_length(head))
+                self.heads.append(head.lower())
                 action = self.actions[min(self.requests, len(self.actions) - 1)]
                 self.requests += 1
                 if action == "drop":
@@ -270,3 +274,63 @@ async def test_every_target_open_is_503_with_retry_after(
     assert caught.value.status == 503
     assert caught.value.headers == {"Retry-After": "30"}
     assert upstream.status()["breaker"] == "open"
+
+
+async def _routed(primary: Upstream, fallback: Upstream) -> tuple[int, int, str]:
+    """(status, attempts, answering upstream or "" for an error) for one POST on a
+    route whose fallback is `fallback`."""
+    route = RouteConfig(name="r", prefix="/v1", upstream=primary.name, fallback=fallback.name)
+    upstreams = {primary.name: primary, fallback.name: fallback}
+    client_headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+    try:
+        sent = await send_routed(
+            upstreams, route, "POST", "/chat", client_headers, "req-1", b"{}", identity=False
+        )
+    except UpstreamError as exc:
+        return exc.status, exc.attempts, ""
+    sent.response.release()
+    return sent.response.status, sent.attempts, sent.upstream
+
+
+@pytest.mark.parametrize(
+    ("primary_actions", "status", "attempts", "answered"),
+    [
+        (("503",), 200, 4, "fallback"),
+        (("drop",), 502, 1, ""),
+        (("503 x-should-retry: false",), 503, 1, "primary"),
+        (("400",), 400, 1, "primary"),
+    ],
+)
+async def test_fallback_answers_only_after_a_retryable_end(
+    faulty: Faulty,
+    make_upstream: Make,
+    primary_actions: tuple[str, ...],
+    status: int,
+    attempts: int,
+    answered: str,
+) -> None:
+    """A route's fallback is asked after retries of a refused status ran out, never after a drop."""
+    main, spare = await faulty(*primary_actions), await faulty("200")
+    primary = await make_upstream(main.url)
+    fallback = await make_upstream(spare.url)
+    names = {"primary": primary.name, "fallback": fallback.name, "": ""}
+    assert await _routed(primary, fallback) == (status, attempts, names[answered])
+    assert spare.requests == (1 if answered == "fallback" else 0)
+
+
+async def test_fallback_takes_over_when_every_target_is_ejected(
+    faulty: Faulty, make_upstream: Make, unused_tcp_port: int
+) -> None:
+    """With the route's upstream refused, then ejected, the fallback answers with its headers."""
+    spare = await faulty("200")
+    primary = await make_upstream(
+        f"http://127.0.0.1:{unused_tcp_port}",
+        breaker=BreakerConfig(failure_threshold=3, open_for=30.0),
+        headers=(("api-key", Secret("primary-secret")),),
+    )
+    fallback = await make_upstream(spare.url, headers=(("api-key", Secret("spare-key")),))
+    assert await _routed(primary, fallback) == (200, 4, fallback.name)
+    assert primary.status()["breaker"] == "open"
+    assert await _routed(primary, fallback) == (200, 1, fallback.name)
+    assert all(b"api-key: spare-key" in head for head in spare.heads)
+    assert not any(b"primary-secret" in head for head in spare.heads)

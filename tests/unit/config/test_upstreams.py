@@ -311,6 +311,43 @@ def test_routes(write: Write) -> None:
     assert routes["raw"] == RouteConfig("raw", "/raw", "up", None, False)
 
 
+def test_route_fallback(write: Write, problems: Problems) -> None:
+    """fallback names another declared upstream; the route's own or an unknown one is a problem."""
+    path = write(
+        "gw.yaml",
+        """
+        upstreams:
+          up:
+            url: http://h
+          spare:
+            url: http://s
+        routes:
+          a:
+            prefix: /a
+            upstream: up
+            fallback: spare
+          b:
+            prefix: /b
+            upstream: up
+            fallback: up
+          c:
+            prefix: /c
+            upstream: up
+            fallback: nowhere
+        """,
+    )
+    assert [str(p) for p in problems(path)] == [
+        f"{path}:14: routes.b.fallback: must be another upstream than the route's own",
+        f"{path}:18: routes.c.fallback: no upstream named 'nowhere' is declared",
+    ]
+    good = write(
+        "ok.yaml",
+        "upstreams:\n  up: {url: http://h}\n  spare: {url: http://s}\n"
+        "routes:\n  a: {prefix: /a, upstream: up, fallback: spare}\n",
+    )
+    assert load(good, {}).routes["a"].fallback == "spare"
+
+
 def test_route_problems(write: Write, problems: Problems) -> None:
     """Prefixes, references and duplicates are checked; a broken upstream is reported once."""
     path = write(
