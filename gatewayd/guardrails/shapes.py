@@ -380,7 +380,7 @@ class Either(Node):
         dict: Node | None = None,
     ) -> None:
         # Keyed by the exact types orjson gives, so one lookup picks the shape.
-        self.by_type: dict[type, Node | None] = {
+        self.by_type: Mapping[type, Node | None] = {
             _STR: str,
             _LIST: list,
             _DICT: dict,
