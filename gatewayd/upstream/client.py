@@ -44,6 +44,7 @@ from gatewayd.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gatewayd.observability.metrics import CIRCUIT_OPEN, UPSTREAM_DURATION, UPSTREAM_RETRIES
 from gatewayd.upstream.budget import RetryBudget
 from gatewayd.upstream.outcome import (
+    ATTEMPT,
     CONNECT,
     INVALID,
     RESET_BEFORE_REQUEST,
@@ -52,7 +53,6 @@ from gatewayd.upstream.outcome import (
     Outcome,
     Progress,
     failure_kind,
-    trace_config,
 )
 from gatewayd.upstream.retry import RetryPolicy
 from gatewayd.upstream.targets import Targets
@@ -133,7 +133,6 @@ class Upstream:
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             trust_env=False,
-            trace_configs=[trace_config()],
         )
 
     async def close(self) -> None:
@@ -183,6 +182,7 @@ class Upstream:
                 resp: aiohttp.ClientResponse | None = None
                 failure: BaseException | None = None
                 kind = ""
+                attempt_token = ATTEMPT.set(progress)
                 try:
                     resp = await session.request(
                         method,
@@ -191,7 +191,6 @@ class Upstream:
                         data=data,
                         allow_redirects=False,
                         timeout=self._timeout(deadline - started),
-                        trace_request_ctx=progress,
                     )
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     failure = exc
@@ -205,6 +204,8 @@ class Upstream:
                         breaker.record_failure()
                     else:
                         breaker.record_success()
+                finally:
+                    ATTEMPT.reset(attempt_token)
                 elapsed = loop.time() - started
                 self._duration.observe(elapsed)
                 pending = None
