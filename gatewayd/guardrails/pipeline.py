@@ -182,8 +182,7 @@ class Guard:
         if not slots:
             return RequestResult(ALLOW, payload.dump(), redactions, summary, endpoint)
         texts = _Texts(slots)
-        for text in texts.texts:
-            redactions.reserve(text)
+        await _scan(texts, _reserve, redactions, texts.texts)
         applier = Applier(self._rules, Stage.INPUT, summary, redactions)
         unavailable = None
         if self._input_remote:
@@ -231,7 +230,7 @@ class Guard:
         verdict = ALLOW
         if self._output:
             if issued is not None:
-                texts.protect(issued)
+                await _scan(texts, texts.protect, issued)
             applier = Applier(self._rules, Stage.OUTPUT, request.summary, redactions)
             unavailable = None
             if self._output_remote:
@@ -242,7 +241,8 @@ class Guard:
         if verdict is not ALLOW:
             return ResponseResult(verdict, raw)
         if issued is not None:
-            texts.restore(issued)
+            # Thousands of placeholders in a long answer: as long as a scan.
+            await _scan(texts, texts.restore, issued)
         if not texts.write():
             return ResponseResult(verdict, raw)
         return ResponseResult(verdict, orjson.dumps(doc))
@@ -303,7 +303,7 @@ _P = ParamSpec("_P")
 async def _scan(
     texts: _Texts, run: Callable[_P, None], *args: _P.args, **kwargs: _P.kwargs
 ) -> None:
-    """`run` the inline filters over `texts`: here, or in a thread if they are long.
+    """`run` over `texts` (the inline filters, restoring): here, or in a thread if they are long.
 
     A thread keeps the loop serving because each regex search of the built-in
     filters is bounded (re holds the GIL through one search): the loop gets
@@ -316,6 +316,11 @@ async def _scan(
         return
     GUARDRAIL_OFF_LOOP.inc()
     await asyncio.to_thread(run, *args, **kwargs)
+
+
+def _reserve(redactions: Redactions, texts: list[str]) -> None:
+    for text in texts:
+        redactions.reserve(text)
 
 
 def _verdict(applier: Applier, unavailable: str | None) -> Verdict:

@@ -1,16 +1,26 @@
-"""A hostile body at the size limit is scanned while the gateway keeps answering."""
+"""A hostile body at the size limit is scanned while the gateway keeps answering.
+
+The gateway runs as its own process: the fake upstream (which parses and
+echoes the megabyte) and the polling client share this test's loop, and
+their work must not be counted as the gateway's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import FakeUpstream
-from tests.harness import running_gateway, write_config
+from tests.e2e.conftest import DaemonProcess
+
+pytestmark = pytest.mark.e2e
+
+StartDaemon = Callable[[str], Awaitable[DaemonProcess]]
 
 # The fake upstream takes up to 1 MiB, and redaction makes the body longer.
 MAX_BODY = 512 * 1024
@@ -21,10 +31,10 @@ HOSTILE_UNITS = ("a@b.cc\t", "1 ", "@", "-----BEGIN PRIVATE KEY-----", "password
 HEALTH_BOUND = 0.2
 
 
-def _config(tmp_path: Path, upstream_url: str) -> str:
+def _config(upstream_url: str) -> str:
     return f"""
         server:
-          listen: 127.0.0.1:0
+          listen: "{{listen}}"
           max_body_size: {MAX_BODY}
           read_timeout: 30s
         logging:
@@ -72,12 +82,12 @@ def _hostile_body() -> bytes:
 
 
 async def test_health_answers_quickly_while_a_hostile_body_is_scanned(
-    tmp_path: Path, fake_upstream: FakeUpstream
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream
 ) -> None:
     """Every /health poll answers within 200 ms while a maximum-size hostile chat is guarded."""
-    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
+    gw = await start_daemon(_config(fake_upstream.url))
     body = _hostile_body()
-    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+    async with aiohttp.ClientSession() as client:
         chat = asyncio.ensure_future(
             client.post(
                 f"{gw.url}/v1/chat/completions",
