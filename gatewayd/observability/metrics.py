@@ -111,7 +111,8 @@ GUARDRAIL_UNKNOWN = Counter(
 )
 GUARDRAIL_OFF_LOOP = Counter(
     "gatewayd_guardrail_off_loop_scans_total",
-    "Payload stages whose texts were long enough to be scanned in a worker thread.",
+    "Hand-offs of a payload stage's long texts to a worker thread: the filters, and"
+    " the placeholder work (reserving, protecting, restoring) around them.",
     registry=REGISTRY,
 )
 FILTER_ERRORS = Counter(
