@@ -162,7 +162,7 @@ class Guard:
     def unknown_endpoint(self, raw: bytes) -> RequestResult:
         """A request to an endpoint no shape describes: refused, or passed unread."""
         summary = Summary()
-        verdict = self._unknown(Stage.INPUT, ("the endpoint",), summary)
+        verdict = self._unknown(Stage.INPUT, ("unknown endpoint",), summary)
         return RequestResult(verdict, raw, Redactions(), summary)
 
     def _unknown(self, stage: Stage, fields: Sequence[str], summary: Summary) -> Verdict:
@@ -208,7 +208,7 @@ class Guard:
             return ResponseResult(ALLOW, raw)
         if endpoint.answer is None:
             # The answer is a file the gateway cannot read.
-            verdict = self._unknown(Stage.OUTPUT, ("the answer",), request.summary)
+            verdict = self._unknown(Stage.OUTPUT, ("a file",), request.summary)
             return ResponseResult(verdict, raw)
         walked = walk(endpoint.answer, doc)
         if walked.unknown:

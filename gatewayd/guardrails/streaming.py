@@ -243,11 +243,11 @@ class StreamGuard:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            return self._unreadable(event, ("an event",))
+            return self._unreadable(event, ("an event that is not JSON",))
         if self._responses:
             return self._prepare_responses(event, doc)
         if self._chunk is None:
-            return self._unreadable(event, ("the stream",))
+            return self._unreadable(event, ("a stream this endpoint does not send",))
         walked = walk(self._chunk, doc)
         if walked.unknown:
             return self._unreadable(event, walked.unknown)

@@ -157,12 +157,10 @@ class Verdict:
             )
         if self.unknown:
             what = ", ".join(self.unknown)
+            message = f"policy '{policy}' cannot read the {stage}: {what}"
             if stage == "request":
-                return BadRequest(
-                    f"policy '{policy}' cannot read {what} of this request",
-                    code="unsupported_request",
-                )
-            return UnreadableAnswer(f"policy '{policy}' cannot read {what} of the answer")
+                return BadRequest(message, code="unsupported_request")
+            return UnreadableAnswer(message)
         if self.blocked:
             fields = f" in {', '.join(self.blocked_fields)}" if self.blocked_fields else ""
             return GuardrailViolation(
@@ -185,6 +183,8 @@ def unknown_verdict(
     """A policy's answer to what it cannot read: refuse it, or pass it marked unchecked."""
     if unknown == "block":
         GUARDRAIL_UNKNOWN.labels(policy, stage.value, "refused").inc()
+        # The audit and access log say what was done: the payload was refused.
+        summary.action = Action.BLOCK
         return Verdict(unknown=tuple(fields[:_NAMED]))
     GUARDRAIL_UNKNOWN.labels(policy, stage.value, "passed").inc()
     if UNKNOWN not in summary.unchecked:

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from gatewayd.config.schema import Action
 from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.payload import json_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
@@ -34,7 +35,9 @@ async def test_unknown_request_fields_are_refused_without_quoting_them() -> None
     error = result.verdict.as_error("p", "request")
     assert error is not None
     assert (error.status, error.code) == (400, "unsupported_request")
-    assert "sneaky" in error.message
+    assert error.message == "policy 'p' cannot read the request: sneaky"
+    # The audit records the refusal as what it is.
+    assert result.summary.action is Action.BLOCK
     assert "a@x.io" not in error.message
 
 
