@@ -298,9 +298,9 @@ _IMAGE_OPTIONS = {
         "stream",
     )
 }
+# A generation's JSON body, and an edit's form fields: its `image` and `mask`
+# are files, media to the gateway.
 IMAGES_REQUEST = Obj({**_IMAGE_OPTIONS, "prompt": TEXT, "user": TEXT})
-# Multipart: `image` and `mask` are files, media to the gateway.
-IMAGES_EDIT_FORM = Obj({**_IMAGE_OPTIONS, "prompt": TEXT, "user": TEXT})
 IMAGES_ANSWER = Obj(
     {
         "created": NUMBER,
@@ -428,7 +428,6 @@ _ITEMS = Tagged(
     },
     default=_RESPONSES_MESSAGE,
 )
-RESPONSES_ITEM = _ITEMS
 _RESPONSES_SHARED = {
     "instructions": Either(str=TEXT, list=ListOf(_ITEMS)),
     "background": NUMBER,
@@ -589,7 +588,7 @@ _TABLE: tuple[tuple[str, str, Endpoint], ...] = (
         "images/generations",
         _e("images.generations", Body.JSON, IMAGES_REQUEST, IMAGES_ANSWER),
     ),
-    ("POST", "images/edits", _e("images.edits", Body.MULTIPART, IMAGES_EDIT_FORM, IMAGES_ANSWER)),
+    ("POST", "images/edits", _e("images.edits", Body.MULTIPART, IMAGES_REQUEST, IMAGES_ANSWER)),
     ("POST", "audio/speech", _e("audio.speech", Body.JSON, SPEECH_REQUEST, None)),
     (
         "POST",

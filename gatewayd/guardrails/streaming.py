@@ -517,8 +517,7 @@ class StreamGuard:
                     changed = True
             elif item.emit is not None:
                 if item.out:
-                    item.emit["delta"] = item.out
-                    before.append(_event(item.emit))
+                    before.append(_event(item.emit, item.out))
             elif item.out and item.choice is not None:
                 stream = item.stream
                 add_chunk_text(item.choice, stream.channel, stream.tool, item.out)
@@ -534,8 +533,7 @@ class StreamGuard:
                 if not item.out:
                     continue
                 if item.emit is not None:
-                    item.emit["delta"] = item.out
-                    out.append(_event(item.emit))
+                    out.append(_event(item.emit, item.out))
                     continue
                 stream = item.stream
                 choice = new_choice(stream.choice, stream.channel)
@@ -570,8 +568,9 @@ def _delta_event(stream: _Stream, kind: str) -> dict[str, Any]:
     return event
 
 
-def _event(doc: dict[str, Any]) -> bytes:
-    """A Responses SSE event, named by its type as the API names them."""
+def _event(doc: dict[str, Any], delta: str) -> bytes:
+    """A Responses delta event carrying `delta`, named by its type as the API names them."""
+    doc["delta"] = delta
     return encode([b"event: " + str(doc["type"]).encode()], orjson.dumps(doc))
 
 
