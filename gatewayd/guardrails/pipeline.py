@@ -66,13 +66,15 @@ class ResponseResult:
 class _Texts:
     """The texts of one payload as the filters change them."""
 
-    __slots__ = ("originals", "protected", "slots", "texts")
+    __slots__ = ("long", "originals", "protected", "slots", "texts")
 
     def __init__(self, slots: list[TextSlot]) -> None:
         self.slots = slots
         self.originals = [slot.text for slot in slots]
         self.texts = list(self.originals)
         self.protected: list[Sequence[Range]] = [()] * len(slots)
+        # Measured once: every step over these texts goes off the loop, or none.
+        self.long = sum(map(len, self.originals)) >= OFF_LOOP_CHARS
 
     def protect(self, redactions: Redactions) -> None:
         """Keep output filters off the request's own placeholders."""
@@ -311,7 +313,7 @@ async def _scan(
     own executor, so the thread pool lives and ends with each worker's loop,
     and the request's context variables go along into the thread.
     """
-    if sum(map(len, texts.texts)) < OFF_LOOP_CHARS:
+    if not texts.long:
         run(*args, **kwargs)
         return
     GUARDRAIL_OFF_LOOP.inc()
