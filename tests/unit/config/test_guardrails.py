@@ -191,6 +191,32 @@ def test_bad_custom_patterns(write: Write, problems: Problems) -> None:
     assert not any("secret-" in line for line in found)
 
 
+def test_patterns_re2_cannot_run_are_config_errors(write: Write, problems: Problems) -> None:
+    """Look-around and back-references are refused at their file:line, saying why, not what."""
+    path = write(
+        "gw.yaml",
+        r"""
+        filters:
+          pii:
+            kind: pii
+            custom:
+              AFTER: '(?<=id=)secret-[0-9]+'
+              TWICE: '(secret-x)\1'
+              CLASS: '\p{Lu}{3}-[0-9]{4}'
+        """,
+    )
+    found = [str(p) for p in problems(path)]
+    assert found == [
+        f"{path}:5: filters.pii.custom.AFTER: the linear-time engine (RE2) cannot run this"
+        " pattern: invalid perl operator (it has no look-around, back-references or"
+        " possessive repeats; $ is the end of the text)",
+        f"{path}:6: filters.pii.custom.TWICE: the linear-time engine (RE2) cannot run this"
+        " pattern: invalid escape sequence (it has no look-around, back-references or"
+        " possessive repeats; $ is the end of the text)",
+    ]
+    assert not any("secret-" in line for line in found)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

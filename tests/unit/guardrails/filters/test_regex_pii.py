@@ -135,6 +135,15 @@ def test_custom_patterns_add_entities() -> None:
     ]
 
 
+def test_custom_patterns_run_on_re2_so_nested_repeats_cannot_backtrack() -> None:
+    """A pattern that backtracks exponentially in Python's re returns at once on RE2."""
+    flt = PiiFilter(PiiFilterConfig(name="p", custom=(CustomPattern("RUNAWAY", r"(a+)+$"),)))
+    assert type(flt._custom[0][1]).__module__.startswith("re2")
+    # Python's re would try about 2**60 ways to split the a's before giving up.
+    assert found("a" * 60 + "!", flt) == []
+    assert found("x aaaa", flt) == [("RUNAWAY", "aaaa")]
+
+
 @pytest.mark.parametrize(
     ("text", "held"),
     [
