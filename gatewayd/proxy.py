@@ -50,6 +50,7 @@ from gatewayd.observability.metrics import UNREADABLE_ANSWERS, child
 from gatewayd.routing import normalize_path
 from gatewayd.runtime import Runtime, RuntimeHolder
 from gatewayd.upstream.fallback import send_routed
+from gatewayd.upstream.transport import Reply
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def _summarise(out_headers: CIMultiDict[str], guard: Guard | None, ex: Exchange)
 
 async def _relay_plain(
     request: web.Request,
-    response: aiohttp.ClientResponse,
+    response: Reply,
     out_headers: CIMultiDict[str],
     media: str,
     ex: Exchange,
@@ -336,7 +337,7 @@ async def _relay_plain(
 
 async def _relay_read(
     request: web.Request,
-    response: aiohttp.ClientResponse,
+    response: Reply,
     out_headers: CIMultiDict[str],
     media: str,
     guard: Guard,
@@ -482,7 +483,7 @@ async def _inflated(chunks: AsyncIterator[bytes], ex: Exchange) -> AsyncIterator
 
 async def _relay_stream(
     request: web.Request,
-    response: aiohttp.ClientResponse,
+    response: Reply,
     chunks: AsyncIterator[bytes],
     out_headers: CIMultiDict[str],
     guard: Guard | None,
@@ -531,7 +532,7 @@ async def _relay_stream(
     return out
 
 
-async def _upstream_chunks(response: aiohttp.ClientResponse, ex: Exchange) -> AsyncIterator[bytes]:
+async def _upstream_chunks(response: Reply, ex: Exchange) -> AsyncIterator[bytes]:
     """The upstream body as it arrives; breaking off becomes an UpstreamError."""
     try:
         async for chunk in response.content.iter_any():

@@ -44,25 +44,20 @@ from gatewayd.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gatewayd.observability.metrics import CIRCUIT_OPEN, UPSTREAM_DURATION, UPSTREAM_RETRIES
 from gatewayd.upstream.budget import RetryBudget
 from gatewayd.upstream.outcome import (
-    ATTEMPT,
     CONNECT,
     INVALID,
     RESET_BEFORE_REQUEST,
     TIMEOUT,
-    Connector,
     Outcome,
     Progress,
     failure_kind,
 )
 from gatewayd.upstream.retry import RetryPolicy
 from gatewayd.upstream.targets import Targets
+from gatewayd.upstream.transport import Origin, PooledTransport, Reply, Transport
 
 log = logging.getLogger(__name__)
 
-# The upstream sees what the client sent, not aiohttp's defaults; in particular
-# an Accept-Encoding the client never asked for would come back compressed
-# while bodies are relayed without decompressing.
-_SKIP_AUTO_HEADERS = (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE, hdrs.USER_AGENT)
 # Host comes from the target, the length from the (possibly rewritten) body,
 # and Authorization only ever from the upstream's own api_key.
 _NOT_FORWARDED = (hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING, hdrs.AUTHORIZATION)
@@ -79,7 +74,7 @@ class UpstreamResponse:
     """An upstream's answer with its headers read and its body still unread."""
 
     # The caller streams the body and must release() or close() it.
-    response: aiohttp.ClientResponse
+    response: Reply
     attempts: int
     upstream_ms: float
     target: str
@@ -108,38 +103,35 @@ class Upstream:
         )
         for label in self._targets.labels:
             CIRCUIT_OPEN.labels(upstream=self.name, target=label).set(0)
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: Transport | None = None
+        self._origins: tuple[Origin, ...] = ()
         self._in_flight = 0
         # Moving average of time to response headers, for /health/detailed:
         # probing an LLM API from a health check would cost real calls.
         self._latency_ms: float | None = None
 
     async def start(self) -> None:
-        """Create the pooled session; needs the running event loop."""
-        if self._session is not None:
+        """Create the connection pool; needs the running event loop."""
+        if self._transport is not None:
             return
         cfg = self.config
-        connector = Connector(
+        transport = PooledTransport(
             limit=cfg.pool_size,
             limit_per_host=cfg.pool_size_per_host,
-            keepalive_timeout=cfg.keepalive,
-            use_dns_cache=True,
-            ttl_dns_cache=int(cfg.dns_ttl),
-            resolver=aiohttp.AsyncResolver(),
+            keepalive=cfg.keepalive,
+            dns_ttl=cfg.dns_ttl,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            trust_env=False,
-        )
+        targets = self._targets
+        self._origins = tuple(transport.origin(targets[i].base) for i in range(len(targets)))
+        self._transport = transport
 
     async def close(self) -> None:
-        """Close the session and its pooled connections."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        """Close the pool and its connections."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
 
     async def send(
         self,
@@ -150,8 +142,8 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send one request, retrying as configured, and return the response
         whose headers arrived; raises an UpstreamError when there is none."""
-        session = self._session
-        if session is None:
+        transport = self._transport
+        if transport is None:
             raise RuntimeError(f"upstream {self.name} was not started")
         index = self._choose(self._targets.first())
         if index is None:
@@ -159,7 +151,8 @@ class Upstream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.total_timeout
         out_headers = self._outgoing_headers(headers)
-        data = body or None
+        if not path_qs.startswith("/"):
+            path_qs = "/" + path_qs
         tried: set[int] = set()
         self._budget.record_request()
         self._in_flight += 1
@@ -179,18 +172,17 @@ class Upstream:
                     exhausted.attempts = attempt - 1
                     raise exhausted
                 progress = Progress()
-                resp: aiohttp.ClientResponse | None = None
+                resp: Reply | None = None
                 failure: BaseException | None = None
                 kind = ""
-                attempt_token = ATTEMPT.set(progress)
+                origin = self._origins[index]
+                fields = out_headers
+                if self._auth is None and origin.authorization is not None:
+                    # Credentials in the target's URL, only when no api_key replaces them.
+                    fields = [*out_headers, (hdrs.AUTHORIZATION, origin.authorization)]
                 try:
-                    resp = await session.request(
-                        method,
-                        target.url(path_qs),
-                        headers=out_headers,
-                        data=data,
-                        allow_redirects=False,
-                        timeout=self._timeout(deadline - started),
+                    resp = await transport.send(
+                        origin, method, path_qs, fields, body, deadline=deadline, progress=progress
                     )
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     failure = exc
@@ -204,8 +196,6 @@ class Upstream:
                         breaker.record_failure()
                     else:
                         breaker.record_success()
-                finally:
-                    ATTEMPT.reset(attempt_token)
                 elapsed = loop.time() - started
                 self._duration.observe(elapsed)
                 pending = None
@@ -217,7 +207,8 @@ class Upstream:
                         error = self._error(outcome, kind, attempt)
                         error.retryable = retryable
                         raise error from failure
-                    self._watch_release(resp)
+                    # In flight until the caller has read or dropped the body.
+                    resp.on_done(self._released)
                     ms = elapsed * 1000.0
                     return UpstreamResponse(resp, attempt, ms, target.label, self.name, retryable)
                 if resp is not None:
@@ -311,22 +302,15 @@ class Upstream:
         previous = self._latency_ms
         self._latency_ms = ms if previous is None else previous + _LATENCY_WEIGHT * (ms - previous)
 
-    def _outgoing_headers(self, headers: Mapping[str, str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    def _outgoing_headers(
+        self, headers: Mapping[str, str] | CIMultiDict[str]
+    ) -> list[tuple[str, str]]:
         out = CIMultiDict(headers)
         for name in _NOT_FORWARDED:
             out.popall(name, None)
         if self._auth is not None:
             out[hdrs.AUTHORIZATION] = self._auth
-        return out
-
-    def _timeout(self, remaining: float) -> aiohttp.ClientTimeout:
-        # total also bounds reading the body after send() returns, so the
-        # deadline covers the whole exchange, streaming included.
-        return aiohttp.ClientTimeout(
-            total=remaining,
-            sock_connect=self.config.connect_timeout,
-            sock_read=self.config.read_timeout,
-        )
+        return list(out.items())
 
     def _error(self, outcome: Outcome, kind: str, attempts: int) -> UpstreamError:
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
@@ -348,15 +332,6 @@ class Upstream:
             error = UpstreamUnavailable(f"upstream {self.name} unreachable ({tries}){why}")
         error.attempts = attempts
         return error
-
-    def _watch_release(self, resp: aiohttp.ClientResponse) -> None:
-        # In flight until the caller has read or dropped the body, which is
-        # when aiohttp hands the connection back to the pool.
-        conn = resp.connection
-        if conn is None:
-            self._in_flight -= 1
-        else:
-            conn.add_callback(self._released)
 
     def _released(self) -> None:
         self._in_flight -= 1

@@ -1,4 +1,4 @@
-"""How far one upstream attempt got, read from the connector and aiohttp's
+"""How far one upstream attempt got, read from the transport and aiohttp's
 exceptions, so the retry decision can tell a request that never left from one
 the model may already be answering (and billing).
 
@@ -11,10 +11,9 @@ the model may already be answering (and billing).
                            headers came: closed, reset or stalled
     response               response headers arrived                       429, 5xx, NNN
 
-"Written" is counted from the moment the connector hands over a connection
-known to be open (aiohttp writes the request right after), so a doubt always
-falls on the side of "sent": never retried by default. Knowing it there costs
-nothing per request, where aiohttp's trace signals cost several awaits.
+"Written" is counted from the moment the transport (upstream/transport.py)
+writes the request into a connection known to be open, so a doubt always
+falls on the side of "sent": never retried by default.
 
 FAILURES is the one table from aiohttp's exceptions to failure kinds, used by
 the upstream client and the Presidio client alike; order matters (first match
@@ -23,16 +22,11 @@ wins, most specific first).
 
 from __future__ import annotations
 
-import select
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from aiohttp import ClientRequest, ClientTimeout
-from aiohttp.connector import Connection
-from aiohttp.tracing import Trace
 
 CONNECT: Final = "connect"
 RESET_BEFORE_REQUEST: Final = "reset-before-request"
@@ -70,11 +64,9 @@ def failure_kind(exc: BaseException) -> str | None:
 
 
 class Progress:
-    """How far one attempt got."""
+    """How far one attempt got; the transport fills it in."""
 
     __slots__ = ("connected", "written")
-
-    # Filled in by `Connector.connect` through ATTEMPT.
 
     def __init__(self) -> None:
         self.connected = False
@@ -108,43 +100,3 @@ class Outcome:
     def may_have_reached_model(self) -> bool:
         """Did the request (possibly) reach the upstream's application?"""
         return self.stage in (SENT, RESPONSE)
-
-
-ATTEMPT: ContextVar[Progress | None] = ContextVar("gatewayd_upstream_attempt", default=None)
-"""The Progress of the attempt the current task is making; the connector fills it in."""
-
-
-class StaleConnection(aiohttp.ServerDisconnectedError):
-    """A pooled connection the upstream had closed, found before anything was written."""
-
-
-class Connector(aiohttp.TCPConnector):
-    """A TCPConnector that refuses a connection the peer already closed.
-
-    aiohttp reuses a pooled connection whose close it has not yet seen; the
-    request is then written into a dead socket and the failure looks like one
-    after sending. Checking that the socket has nothing to read (what urllib3
-    does before reuse) turns that race into reset-before-request.
-    """
-
-    # aiohttp's signature, timeout parameter included.
-    async def connect(
-        self,
-        req: ClientRequest,
-        traces: list[Trace],
-        timeout: ClientTimeout,  # noqa: ASYNC109
-    ) -> Connection:
-        """A connection from the pool or a new one, known open before writing."""
-        conn = await super().connect(req, traces, timeout)
-        progress = ATTEMPT.get()
-        if progress is not None:
-            progress.connected = True
-        transport = conn.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        # Readable while idle means EOF or bytes nobody asked for: unusable.
-        if sock is None or select.select([sock], [], [], 0)[0]:
-            conn.close()
-            raise StaleConnection("connection closed by the upstream before use")
-        if progress is not None:
-            progress.written = True
-        return conn

@@ -21,14 +21,6 @@ class Target:
     base: str
     label: str
 
-    def url(self, path_qs: str) -> URL:
-        """The full URL for a request path (plus query) under this target's path."""
-        if not path_qs.startswith("/"):
-            path_qs = "/" + path_qs
-        # The proxy hands over the path exactly as the client encoded it;
-        # encoded=True keeps yarl from quoting it a second time.
-        return URL(self.base + path_qs, encoded=True)
-
 
 def parse_target(url: str) -> Target:
     """A Target from a configured URL; the trailing slash of its path is dropped."""

@@ -170,9 +170,10 @@ def _retries(upstream: Upstream, reason: str) -> float:
 async def _get(upstream: Upstream, path_qs: str, body: bytes = b"") -> int:
     """Send, read the whole body, and return the status."""
     sent = await upstream.send("POST", path_qs, {}, body)
-    async with sent.response as response:
-        await response.read()
-        return response.status
+    response = sent.response
+    await response.read()
+    response.release()
+    return response.status
 
 
 async def test_path_is_joined_under_the_target_path(
@@ -234,9 +235,10 @@ async def test_compressed_body_is_relayed_as_is(
     server = await fake_upstream()
     upstream = await make_upstream(_base(server))
     sent = await upstream.send("GET", "/gzip", {"Accept-Encoding": "gzip"}, b"")
-    async with sent.response as response:
-        assert response.headers["Content-Encoding"] == "gzip"
-        assert gzip.decompress(await response.read()) == b"hello"
+    response = sent.response
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(await response.read()) == b"hello"
+    response.release()
 
 
 async def test_redirect_is_relayed_not_followed(
@@ -277,8 +279,9 @@ async def test_last_attempt_returns_the_retryable_response(
     server = await fake_upstream()
     upstream = await make_upstream(_base(server))
     sent = await upstream.send("GET", "/status/503", {}, b"")
-    async with sent.response as response:
-        assert (response.status, await response.read()) == (503, b"status body")
+    response = sent.response
+    assert (response.status, await response.read()) == (503, b"status body")
+    response.release()
     assert sent.attempts == 3
     assert _hits(server.app, "/status/503") == 3
 
@@ -402,11 +405,12 @@ async def test_stall_mid_body_raises_on_read(
     server = await fake_upstream()
     upstream = await make_upstream(_base(server), read_timeout=0.2)
     sent = await upstream.send("GET", "/stall-body", {}, b"")
-    async with sent.response as response:
-        assert response.status == 200
-        assert await response.content.readany() == b"partial"
-        with pytest.raises(TimeoutError):
-            await response.content.readany()
+    response = sent.response
+    assert response.status == 200
+    assert await response.content.readany() == b"partial"
+    with pytest.raises(TimeoutError):
+        await response.content.readany()
+    response.release()
 
 
 async def test_total_timeout_spans_all_attempts(

@@ -22,11 +22,19 @@ from gatewayd.config.schema import PresidioFilterConfig
 from gatewayd.errors import FilterError
 from gatewayd.guardrails.types import FilterHealth, Span
 from gatewayd.observability.metrics import PRESIDIO_CALLS, PRESIDIO_DURATION, PRESIDIO_TEXTS
-from gatewayd.upstream.outcome import CONNECT_FAILURE, INVALID, RESET, TIMEOUT, failure_kind
+from gatewayd.upstream.outcome import (
+    CONNECT_FAILURE,
+    INVALID,
+    RESET,
+    TIMEOUT,
+    Progress,
+    failure_kind,
+)
+from gatewayd.upstream.transport import Origin, PooledTransport
 
 Spans = tuple[Span, ...]
 
-_JSON = {"Content-Type": "application/json"}
+_JSON = ("Content-Type", "application/json")
 
 
 class AnalyzerClient:
@@ -34,9 +42,8 @@ class AnalyzerClient:
 
     def __init__(self, config: PresidioFilterConfig) -> None:
         self._name = config.name
-        base = URL(config.url.rstrip("/"))
-        self._analyze_url = base / "analyze"
-        self._health_url = base / "health"
+        self._url = config.url
+        base = URL(config.url)
         # Messages name the analyzer by host and port only: a URL may carry credentials.
         self._where = f"{base.host}:{base.port}"
         self._timeout = config.timeout
@@ -57,24 +64,21 @@ class AnalyzerClient:
         self._calls = PRESIDIO_CALLS.labels(filter=config.name)
         self._texts = PRESIDIO_TEXTS.labels(filter=config.name)
         self._duration = PRESIDIO_DURATION.labels(filter=config.name)
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: PooledTransport | None = None
+        self._origin: Origin | None = None
 
     async def start(self) -> None:
-        """Open the pooled session; one connection per slot, plus one for health checks."""
-        connector = aiohttp.TCPConnector(
-            limit=self._max_in_flight + 1, ttl_dns_cache=300, keepalive_timeout=30
+        """Open the pool: one connection per slot, plus one for health checks."""
+        self._transport = PooledTransport(
+            limit=self._max_in_flight + 1, dns_ttl=300, keepalive=30, connect_timeout=self._timeout
         )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            skip_auto_headers=("User-Agent",),
-        )
+        self._origin = self._transport.origin(self._url)
 
     async def close(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the pool and its connections."""
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
 
     async def analyze(self, texts: Sequence[str]) -> list[Spans]:
         """Spans for each text: one call in batch mode, else one concurrent call per text."""
@@ -92,12 +96,9 @@ class AnalyzerClient:
 
     async def health(self) -> FilterHealth:
         """Probe `GET /health`; the breaker is reported as it stands, not changed."""
-        session = self._require_session()
         started = time.perf_counter()
         try:
-            async with session.get(self._health_url) as resp:
-                await resp.read()
-                status = resp.status
+            status, _ = await self._exchange("GET", "/health", None, b"")
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._health(False, None, _error_kind(exc))
         latency_ms = (time.perf_counter() - started) * 1000
@@ -149,13 +150,8 @@ class AnalyzerClient:
             ) from None
 
     async def _post(self, payload: dict[str, object]) -> object:
-        session = self._require_session()
         try:
-            async with session.post(
-                self._analyze_url, data=orjson.dumps(payload), headers=_JSON
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
+            status, body = await self._exchange("POST", "/analyze", _JSON, orjson.dumps(payload))
         except (TimeoutError, aiohttp.ClientError) as exc:
             kind = _error_kind(exc)
             raise FilterError(self._name, kind, self._describe(kind, exc)) from exc
@@ -182,6 +178,25 @@ class AnalyzerClient:
             spans.append(span)
         return resolve_overlaps(spans)
 
+    async def _exchange(
+        self, method: str, path: str, header: tuple[str, str] | None, body: bytes
+    ) -> tuple[int, bytes]:
+        """One call's status and whole body, within the filter's timeout."""
+        if self._transport is None or self._origin is None:
+            raise RuntimeError(f"presidio filter {self._name} used before start()")
+        origin = self._origin
+        fields = [header] if header is not None else []
+        if origin.authorization is not None:
+            fields.append(("Authorization", origin.authorization))
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        reply = await self._transport.send(
+            origin, method, path, fields, body, deadline=deadline, progress=Progress()
+        )
+        try:
+            return reply.status, await reply.read()
+        finally:
+            reply.release()
+
     def _describe(self, kind: str, exc: BaseException) -> str:
         if kind == "timeout":
             return f"no answer from {self._where} within {self._timeout * 1000:.0f} ms"
@@ -201,11 +216,6 @@ class AnalyzerClient:
 
     def _health(self, healthy: bool, latency_ms: float | None, error: str | None) -> FilterHealth:
         return FilterHealth(healthy, latency_ms, self.breaker.state.value, error)
-
-    def _require_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"presidio filter {self._name} used before start()")
-        return self._session
 
 
 def resolve_overlaps(spans: list[Span]) -> Spans:

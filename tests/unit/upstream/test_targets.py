@@ -1,42 +1,10 @@
-"""Target URLs: joining request paths under a base path, masking, round-robin."""
+"""Target URLs: masking, round-robin."""
 
 from __future__ import annotations
 
 import pytest
 
 from gatewayd.upstream.targets import Targets, parse_target
-
-
-@pytest.mark.parametrize(
-    ("base", "path_qs", "expected"),
-    [
-        (
-            "https://api.openai.com/v1",
-            "/chat/completions",
-            "https://api.openai.com/v1/chat/completions",
-        ),
-        (
-            "https://api.openai.com/v1/",
-            "/chat/completions",
-            "https://api.openai.com/v1/chat/completions",
-        ),
-        ("http://127.0.0.1:8000", "/v1/models?limit=2", "http://127.0.0.1:8000/v1/models?limit=2"),
-        ("http://127.0.0.1:8000/", "/", "http://127.0.0.1:8000/"),
-        ("http://h/base", "models", "http://h/base/models"),
-    ],
-)
-def test_path_is_appended_to_base_path_without_double_slash(
-    base: str, path_qs: str, expected: str
-) -> None:
-    """The request path lands under the target's path with exactly one slash between."""
-    assert str(parse_target(base).url(path_qs)) == expected
-
-
-def test_encoded_path_and_query_are_sent_unchanged() -> None:
-    """Percent-escapes from the client are neither decoded nor quoted twice."""
-    url = parse_target("http://h/v1").url("/files/a%2Fb?q=x%20y&e=%3D")
-    assert url.raw_path == "/v1/files/a%2Fb"
-    assert url.raw_query_string == "q=x%20y&e=%3D"
 
 
 def test_label_hides_credentials() -> None:
