@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from gatewayd.config.schema import OnError, PiiFilterConfig
 from gatewayd.guardrails.filters import _validators as v
 from gatewayd.guardrails.filters._linear import compile_linear
+from gatewayd.guardrails.filters._normalise import scan_view, tail_view
 from gatewayd.guardrails.filters._spans import clear_of_findings, resolve, tail_holdback
 from gatewayd.guardrails.types import Span
 
@@ -339,7 +340,11 @@ class PiiFilter:
         self._custom = tuple((c.entity, compile_linear(c.pattern)) for c in config.custom)
 
     def scan(self, text: str) -> list[Span]:
-        """Every finding in `text`, ordered by start, overlaps resolved."""
+        """Every finding in `text` (read as a model reads it: see _normalise), by start."""
+        return scan_view(self._scan, text)
+
+    def _scan(self, text: str) -> list[Span]:
+        """Every finding in `text` as written, ordered by start, overlaps resolved."""
         found: list[Span] = []
         if self._emails and "@" in text:
             # User info follows "://": without a colon no '@' is in a URL's.
@@ -380,6 +385,10 @@ class PiiFilter:
 
     def open_tail(self, text: str) -> int:
         """The trailing characters that could still grow into a finding (see holdback)."""
+        return tail_view(self._open_tail, text)
+
+    def _open_tail(self, text: str) -> int:
+        """open_tail on `text` as written."""
         held = tail_holdback(_TAIL, text, _TAIL_WINDOW, _TAIL_SPACED, _TAIL_RUNS)
         if self._custom:
             held = max(held, tail_holdback(_CUSTOM_TAIL, text, _CUSTOM_WINDOW))

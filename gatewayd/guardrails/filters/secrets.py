@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gatewayd.config.schema import OnError, SecretsFilterConfig
+from gatewayd.guardrails.filters._normalise import scan_view, tail_view
 from gatewayd.guardrails.filters._phrases import prefix_pattern, trie_pattern
 from gatewayd.guardrails.filters._spans import (
     clear_of_findings,
@@ -310,7 +311,11 @@ class SecretsFilter:
         self._keys = "PRIVATE_KEY" in wanted
 
     def scan(self, text: str) -> list[Span]:
-        """Every secret in `text`, ordered by start, overlaps resolved."""
+        """Every secret in `text` (read as a model reads it: see _normalise), by start."""
+        return scan_view(self._scan, text)
+
+    def _scan(self, text: str) -> list[Span]:
+        """Every secret in `text` as written, ordered by start, overlaps resolved."""
         found: list[Span] = []
         for token in self._tokens:
             if token.gate in text and token.lead in text:
@@ -349,6 +354,10 @@ class SecretsFilter:
 
     def open_tail(self, text: str) -> int:
         """The trailing characters that could still grow into a secret (see holdback)."""
+        return tail_view(self._open_tail, text)
+
+    def _open_tail(self, text: str) -> int:
+        """open_tail on `text` as written."""
         held = max(
             tail_holdback(_TAIL, text, _TAIL_WINDOW, runs=_TAIL_RUN),
             tail_holdback(_URL_TAIL, text, _URL_TAIL_WINDOW),

@@ -281,6 +281,11 @@ HOSTILE = {
     "keyword-near-misses": "top secret ",
     "keyword-gaps": "a \t",
     "blanks": " \t\n",
+    # Texts the normalised view folds: removals, one for one, and growth.
+    "zero-width-digits": "1\u200b",
+    "fullwidth-digits": "\uff11\u00a0",
+    "ligatures": "\ufb01@",
+    "emoji-digits": "\U0001f600 9",
 }
 # Repeats of the unit in the smaller text; the larger has twice as many.
 _UNITS = 300
