@@ -279,6 +279,7 @@ class Arbiter:
             self._exit_code = 1
             self._stop("start limit")
             return
+        metrics.WORKER_RESTARTS.labels("died").inc()
         self._respawns.append(now + RESPAWN_BACKOFF * 2 ** (len(self._crashes) - 1))
         self._respawns.sort()
 

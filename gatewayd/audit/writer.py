@@ -474,7 +474,9 @@ class AuditWriter:
 
     def _show_spool(self) -> None:
         if self._spool is not None:
-            metrics.AUDIT_SPOOL_BYTES.set(self._spool.stats.bytes)
+            stats = self._spool.stats
+            metrics.AUDIT_SPOOL_BYTES.set(stats.bytes)
+            metrics.AUDIT_SPOOL_OLDEST.set(stats.oldest_ts or 0)
 
     def _depth(self) -> int:
         held = len(self._held) - self._held_landed if self._held is not None else 0

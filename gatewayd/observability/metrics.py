@@ -188,6 +188,15 @@ AUDIT_SPOOL_BYTES = Gauge(
     # Each worker spools to its own files: the group's backlog is their sum.
     multiprocess_mode="livesum",
 )
+AUDIT_SPOOL_OLDEST = Gauge(
+    "gatewayd_audit_spool_oldest_event_timestamp_seconds",
+    "Unix time of the oldest audit event in the on-disk spool; 0 while the spool is empty.",
+    registry=REGISTRY,
+    # One series per live worker (a pid label): the oldest is the smallest
+    # non-zero one, which no built-in mode computes (min would pick an empty
+    # worker's 0).
+    multiprocess_mode="liveall",
+)
 CONFIG_RELOADS = Counter(
     "gatewayd_config_reloads_total",
     "Configuration reloads by result (success, error).",
@@ -201,6 +210,12 @@ CONFIG_GENERATION = Gauge(
     # Generations only grow and a respawned worker starts at the arbiter's
     # current one, so the highest is the configuration being served.
     multiprocess_mode="max",
+)
+WORKER_RESTARTS = Counter(
+    "gatewayd_worker_restarts_total",
+    "Workers the arbiter replaced, by reason (died: exited or was killed while serving).",
+    ["reason"],
+    registry=REGISTRY,
 )
 BUILD_INFO = Gauge(
     "gatewayd_build_info",
