@@ -20,6 +20,7 @@ from gatewayd.config.schema import (
     PresidioFilterConfig,
     SecretsFilterConfig,
 )
+from gatewayd.config.source import Scalar
 from gatewayd.config.upstreams import read_breaker
 
 _ON_ERROR = v.choice("allow", "block")
@@ -44,9 +45,14 @@ def read_filters(root: Reader, base: Path) -> dict[str, FilterConfig]:
 def _pii(name: str, reader: Reader, base: Path) -> FilterConfig:
     # Imported here: the filters import the schema, which imports this package.
     from gatewayd.guardrails.filters import regex_pii
+    from gatewayd.guardrails.filters._phones import REGIONS
 
     fields = reader.fields(
-        {"on_error": _ON_ERROR, "entities": Many(v.known_entity(regex_pii.ENTITIES))}
+        {
+            "on_error": _ON_ERROR,
+            "entities": Many(v.known_entity(regex_pii.ENTITIES)),
+            "phone_regions": Many(_phone_region(REGIONS)),
+        }
     )
     custom = reader.mapping("custom", v.entity, v.regex)
     if custom is not None:
@@ -54,6 +60,18 @@ def _pii(name: str, reader: Reader, base: Path) -> FilterConfig:
             CustomPattern(entity, pattern) for entity, pattern in custom.items()
         )
     return PiiFilterConfig(name=name, **fields)
+
+
+def _phone_region(known: frozenset[str]) -> Callable[[Scalar], str]:
+    """A region code libphonenumber has metadata for, in any case (`de` is DE)."""
+
+    def convert(scalar: Scalar) -> str:
+        code = scalar.text.strip().upper()
+        if code not in known:
+            raise ValueError(f"not a region with phone metadata: {v.shown(code)}")
+        return code
+
+    return convert
 
 
 def _secrets(name: str, reader: Reader, base: Path) -> FilterConfig:

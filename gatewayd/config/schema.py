@@ -179,6 +179,11 @@ class PiiFilterConfig:
     # Empty means every built-in entity of the kind.
     entities: tuple[str, ...] = ()
     custom: tuple[CustomPattern, ...] = ()
+    # Regions whose national phone formats count (numbers written with +CC
+    # count for every region): ISO 3166 codes as libphonenumber knows them.
+    phone_regions: tuple[str, ...] = (
+        "US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "JP", "CN", "KR", "AU",
+    )  # fmt: skip
     kind: Literal["pii"] = "pii"
 
 

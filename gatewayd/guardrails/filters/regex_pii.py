@@ -25,6 +25,7 @@ from gatewayd.config.schema import OnError, PiiFilterConfig
 from gatewayd.guardrails.filters import _validators as v
 from gatewayd.guardrails.filters._linear import compile_linear
 from gatewayd.guardrails.filters._normalise import scan_view, tail_view
+from gatewayd.guardrails.filters._phones import PhoneRules
 from gatewayd.guardrails.filters._spans import clear_of_findings, resolve, tail_holdback
 from gatewayd.guardrails.types import Span
 
@@ -50,16 +51,16 @@ _CHECK_DIGITS = 2
 # str.translate.
 _SEPARATOR_BYTES = b" .()+-"
 
+# Phone candidates (see _phones, which confirms them). International: "+",
+# a country code, then digit groups split by one separator, "(0)" or a
+# parenthesised area code. National: an area code (perhaps in parentheses)
+# and at least one more group. Both bounded; the digit counts are checked after.
 PHONE = re.compile(
-    r"(?<![\w+])(?:"
-    # E.164, compact (+14155552671) or grouped (+44 20 7946 0958, +1 (415) 555-2671)
-    r"(?P<intl>\+[1-9](?:\d{6,14}|\d{0,2}"
-    r"(?:[ .-](?:\(\d{1,4}\) ?\d{0,4}|\d{1,4})){1,2}(?:[ .-]\d{2,6}){1,4}))"
-    # North American: (415) 555-2671, 415-555-2671, 415.555.2671, 1-800-555-0199
-    r"|(?P<nanp>(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})"
-    # national with a trunk 0: 020 7946 0958, 07700 900123, 030 12345678
-    r"|(?P<trunk>0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4})"
-    r")(?![\w]|[.-]\d)",
+    r"(?<![\w+.-])(?:"
+    r"(?P<intl>\+[1-9][0-9]{0,14}(?:[ .-]?\(0\))?(?:(?:[ .-]|[ .-]?\(|\) ?)[0-9]{1,12}){0,6})"
+    r"|(?P<national>(?:1[ .-])?(?:\([0-9]{2,5}\)[ .-]?|[0-9]{2,5}[ .-])"
+    r"(?:[0-9]{2,8}[ .-]){0,4}[0-9]{2,8})"
+    r")(?![\w]|[.-][0-9])",
     _A,
 )
 CARD = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w]|[.,-]\d)", _A)
@@ -71,7 +72,8 @@ SSN = re.compile(
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)", _A)
 IBAN = re.compile(
     r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}"
-    r"(?:(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?|[A-Z0-9]{11,30})(?![A-Za-z0-9])",
+    r"(?:(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?|(?:-[A-Z0-9]{4}){2,7}(?:-[A-Z0-9]{1,4})?"
+    r"|[A-Z0-9]{11,30})(?![A-Za-z0-9])",
     _A,
 )
 _NOT_IPV6 = re.compile(r"[^0-9A-Fa-f:.]")
@@ -97,7 +99,7 @@ _TAIL = re.compile(
     # phones, cards, SSNs, IPv4: a run of digits and their separators (none of
     # them starts right after a letter or digit)
     r"|(?<![A-Za-z0-9_])[\d(+][\d .()+-]{0,59}"
-    r"|(?<![A-Za-z0-9])[A-Z](?:[A-Z](?:\d(?:\d(?: ?[A-Z0-9]){0,30} ?)?)?)?"
+    r"|(?<![A-Za-z0-9])[A-Z](?:[A-Z](?:\d(?:\d(?:[ -]?[A-Z0-9]){0,30}[ -]?)?)?)?"
     r"|(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){0,8}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{0,3}){0,3})?"
     r")\Z",
     _A,
@@ -111,7 +113,7 @@ _TAIL_SPACED = 60
 _TAIL_RUNS = (
     _LOCAL + "@",
     string.digits + " .()+-",
-    string.ascii_uppercase + string.digits + " ",
+    string.ascii_uppercase + string.digits + " -",
     string.hexdigits + ":.",
 )
 # Custom patterns are opaque: hold back the trailing run without whitespace.
@@ -120,19 +122,6 @@ _CUSTOM_WINDOW = 256
 
 Accept = Callable[[str, re.Match[str]], int | None]
 """Checks a candidate; returns the end of the finding (it may trim), or None."""
-
-
-def _accept_phone(text: str, m: re.Match[str]) -> int | None:
-    digits = m.group().encode().translate(None, _SEPARATOR_BYTES)
-    # The three forms are the pattern's only groups, so the last one is the form.
-    form = m.lastgroup
-    if form == "intl":
-        ok = 8 <= len(digits) <= 15
-    elif form == "nanp":
-        ok = v.nanp_ok(digits[-10:].decode())
-    else:
-        ok = 10 <= len(digits) <= 11
-    return m.end() if ok else None
 
 
 def _accept_card(text: str, m: re.Match[str]) -> int | None:
@@ -163,16 +152,17 @@ def _accept_iban(text: str, m: re.Match[str]) -> int | None:
     length = v.iban_length(candidate[:2])
     if length is None:
         return None
-    if " " not in candidate:
+    sep = candidate[4]
+    if sep != " " and sep != "-":
         return m.end() if v.iban_ok(candidate) else None
     # Grouped: trailing groups may belong to the next words ("... 7034 PAID").
     count, end = 0, m.start() - 1
-    for group in candidate.split(" "):
+    for group in candidate.split(sep):
         count += len(group)
         end += len(group) + 1
         if count >= length:
             break
-    compact = text[m.start() : end].replace(" ", "")
+    compact = text[m.start() : end].replace(sep, "")
     return end if count == length and v.iban_ok(compact) else None
 
 
@@ -194,7 +184,6 @@ class _Numeric:
 _NUMERIC = (
     _Numeric("CREDIT_CARD", CARD, _accept_card, 13),
     _Numeric("US_SSN", SSN, _accept_ssn, 9),
-    _Numeric("PHONE_NUMBER", PHONE, _accept_phone, 8),
     _Numeric("IP_ADDRESS", IPV4, _accept_ipv4, 4, dots=3),
 )
 ENTITIES = frozenset(
@@ -334,7 +323,11 @@ class PiiFilter:
         self._emails = "EMAIL_ADDRESS" in wanted
         self._ibans = "IBAN_CODE" in wanted
         self._ipv6 = "IP_ADDRESS" in wanted
-        self._numeric = tuple(n for n in _NUMERIC if n.entity in wanted)
+        numeric = [n for n in _NUMERIC if n.entity in wanted]
+        if "PHONE_NUMBER" in wanted:
+            phones = PhoneRules(config.phone_regions)
+            numeric.append(_Numeric("PHONE_NUMBER", PHONE, phones.accept, 7))
+        self._numeric = tuple(numeric)
         self._anchors = bool(self._numeric) or self._ibans
         # Operators' patterns run on RE2: none of them can make a scan backtrack.
         self._custom = tuple((c.entity, compile_linear(c.pattern)) for c in config.custom)
@@ -363,9 +356,13 @@ class PiiFilter:
 
     def _scan_anchors(self, text: str, found: list[Span]) -> None:
         limit = len(text)
+        # Where the last IBAN's check digits end: the groups right after them
+        # are an account number (valid or not), never a phone number.
+        check_digits_end = -2
         for anchor in _ANCHOR.finditer(text):
             start, end = anchor.span()
             if end - start == _CHECK_DIGITS:
+                check_digits_end = end
                 start -= 2
                 iban = IBAN.match(text, start) if self._ibans else None
                 if iban and (stop := _accept_iban(text, iban)) is not None:
@@ -375,8 +372,13 @@ class PiiFilter:
             digits = len(chunk.encode().translate(None, _SEPARATOR_BYTES))
             # Two characters past the cluster keep the look-aheads honest.
             stop = min(limit, end + 2)
+            in_iban = start == check_digits_end + 1
             for n in self._numeric:
-                if digits >= n.digits and (not n.dots or chunk.count(".") >= n.dots):
+                if (
+                    digits >= n.digits
+                    and (not n.dots or chunk.count(".") >= n.dots)
+                    and not (in_iban and n.pattern is PHONE)
+                ):
                     _find(n.entity, n.pattern, n.accept, text, found, start, stop)
 
     def holdback(self, text: str) -> int:

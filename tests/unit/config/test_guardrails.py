@@ -191,6 +191,19 @@ def test_bad_custom_patterns(write: Write, problems: Problems) -> None:
     assert not any("secret-" in line for line in found)
 
 
+def test_phone_regions(write: Write, problems: Problems) -> None:
+    """phone_regions takes region codes in any case and refuses one without phone metadata."""
+    good = write("gw.yaml", "filters:\n  pii:\n    kind: pii\n    phone_regions: [us, FR]\n")
+    pii = load(good).filters["pii"]
+    assert isinstance(pii, PiiFilterConfig)
+    assert pii.phone_regions == ("US", "FR")
+    assert "US" in PiiFilterConfig(name="x").phone_regions
+    bad = write("bad.yaml", "filters:\n  pii:\n    kind: pii\n    phone_regions: [US, EU]\n")
+    assert [str(p) for p in problems(bad)] == [
+        f"{bad}:4: filters.pii.phone_regions: not a region with phone metadata: 'EU'"
+    ]
+
+
 def test_patterns_re2_cannot_run_are_config_errors(write: Write, problems: Problems) -> None:
     """Look-around and back-references are refused at their file:line, saying why, not what."""
     path = write(

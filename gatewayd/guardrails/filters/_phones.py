@@ -1,0 +1,111 @@
+"""Phone numbers: a regex finds candidates, libphonenumber's metadata confirms them.
+
+Numbering plans are too many and change too often to write down here: the
+`phonenumbers` package carries Google's libphonenumber metadata (every
+region's lengths, prefixes and number ranges). A `+CC` number is confirmed
+for whatever region its country code belongs to; a national one (no `+`) is
+confirmed when it is a valid number of one of the configured regions, so
+`06 12 34 56 78` is a phone where France is listed and digits elsewhere.
+
+Parsing costs 15 to 40 microseconds, so only candidates get there: digit
+runs with the grouping numbers are written with, of a plausible length, and
+for national ones a region whose lengths fit. Answers are cached: chat
+clients send the whole conversation again with every turn.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumber, PhoneNumberFormat
+
+REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
+"""Region codes phone_regions may name (ISO 3166 alpha-2, as libphonenumber knows them)."""
+
+_SEPARATORS = b" .()+-"
+# E.164 allows 15 digits; fewer than 8 (7 for national) is an extension or a count.
+_INTL_DIGITS = range(8, 16)
+_NATIONAL_DIGITS = range(8, 14)
+# Shapes that are something else whatever a numbering plan allows: dates
+# (2023-10-05, 05.10.2023), US SSNs (123-45-6789) and ZIP+4 codes (94105-1234).
+_NOT_A_PHONE = re.compile(
+    r"(?:19|20)[0-9]{2}([.-])[01][0-9]\1[0-3][0-9]"
+    r"|[0-3][0-9]([.-])[01][0-9]\2(?:19|20)?[0-9]{2}"
+    r"|[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{5}-[0-9]{4}"
+)
+_FIRST_GROUP = re.compile(r"[0-9]+")
+
+
+def _plan(region: str) -> tuple[str, str, frozenset[int], bool]:
+    """A region, its national (trunk) prefix, its national numbers' possible
+    lengths, and whether the prefix is usually left out (North America's 1)."""
+    meta = PhoneMetadata.metadata_for_region(region)
+    assert meta is not None
+    desc = meta.general_desc
+    lengths = frozenset(desc.possible_length or ()) if desc is not None else frozenset()
+    return region, meta.national_prefix or "", lengths, meta.country_code == 1
+
+
+class PhoneRules:
+    """The phone check for one pii filter: its regions, their lengths, one cache."""
+
+    def __init__(self, regions: tuple[str, ...]) -> None:
+        # Regions sharing a country code (US and CA) validate alike: one parse does.
+        by_code: dict[int, str] = {}
+        for region in regions:
+            by_code.setdefault(phonenumbers.country_code_for_region(region), region)
+        self._regions = tuple(_plan(r) for r in by_code.values())
+        self._valid = lru_cache(maxsize=4096)(self._check)
+
+    def accept(self, text: str, m: re.Match[str]) -> int | None:
+        """The candidate's end when it is a valid number, else None."""
+        return m.end() if self._valid(m.group(), m.lastgroup == "intl") else None
+
+    def _check(self, candidate: str, international: bool) -> bool:
+        digits = candidate.encode().translate(None, _SEPARATORS).decode()
+        if international or digits.startswith("00"):
+            # "00" is the international call prefix of most of the world.
+            number = digits if international else digits[2:]
+            return len(number) in _INTL_DIGITS and _parse("+" + number, None) is not None
+        if len(digits) not in _NATIONAL_DIGITS or _NOT_A_PHONE.fullmatch(candidate):
+            return False
+        groups = _FIRST_GROUP.findall(candidate)
+        for region, prefix, lengths, optional in self._regions:
+            if prefix and digits.startswith(prefix):
+                national = digits[len(prefix) :]
+            elif prefix and not optional:
+                # Written without its trunk prefix ("0"), a French or German
+                # number is no national format: such digits are something else.
+                continue
+            else:
+                national = digits
+            if len(national) not in lengths:
+                continue
+            parsed = _parse(digits, region)
+            if parsed is not None and _area_code_whole(groups, prefix, parsed):
+                return True
+        return False
+
+
+def _area_code_whole(groups: list[str], prefix: str, number: PhoneNumber) -> bool:
+    """Whether the written first group holds the region's whole first group
+    (an area code): `041-555-2671` splits Australia's 0415 and is a serial.
+    Groups after it may be split any way (Germany's 040 123 45 67)."""
+    formatted = phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL)
+    expected = _FIRST_GROUP.search(formatted)
+    first = groups[1] if len(groups) > 1 and groups[0] == prefix else groups[0]
+    if expected is not None and expected.group() == prefix and first != prefix:
+        # Formatted as "1 (800) ...": compare with the group after the prefix.
+        expected = _FIRST_GROUP.search(formatted, expected.end())
+    return expected is None or len(first) >= len(expected.group())
+
+
+def _parse(number: str, region: str | None) -> PhoneNumber | None:
+    """The valid number `number` is (read as `region`'s when it has no +), or None."""
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except NumberParseException:
+        return None
+    return parsed if phonenumbers.is_valid_number(parsed) else None

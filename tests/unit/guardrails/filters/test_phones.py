@@ -1,0 +1,88 @@
+"""Phone numbers: candidates confirmed by libphonenumber's metadata, national formats by region."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatewayd.config.schema import PiiFilterConfig
+from gatewayd.guardrails.filters.regex_pii import PiiFilter
+
+PII = PiiFilter(PiiFilterConfig(name="pii"))
+
+
+def phones(text: str, flt: PiiFilter = PII) -> list[str]:
+    """The phone numbers found in `text`, as written."""
+    return [text[s.start : s.end] for s in flt.scan(text) if s.entity == "PHONE_NUMBER"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "+1 415-555-0134",
+        "+1 (415) 555-2671",
+        "+14155552671",
+        "+91 98765 43210",
+        "+49 151 23456789",
+        "+44 20 7946 0958",
+        "+33 6 12 34 56 78",
+        "+33 (0)6 12 34 56 78",
+        "+81 90-1234-5678",
+        "+86 138 0013 8000",
+        "+39 06 6982 1234",
+        "0049 30 12345678",
+        "(415) 555-2671",
+        "415.555.2671",
+        "1-800-555-0199",
+        "020 7946 0958",
+        "06 12 34 56 78",
+        "030 12345678",
+        "040 123 45 67",
+        "089 123 45 678",
+        "0171 1234567",
+        "06-12345678",
+        "612 34 56 78",
+        "090-1234-5678",
+        "010-1234-5678",
+        "0412 345 678",
+    ],
+)
+def test_numbers_written_as_people_write_them_are_found(number: str) -> None:
+    """+CC numbers with long groups and national formats of the default regions are phones."""
+    assert phones(f"call {number} today") == [number]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "released on 2023-10-05 at noon",
+        "due 05.10.2023",
+        "SSN 666-12-3456 is never issued",
+        "zip 94105-1234",
+        "count 100 200 300 400",
+        "the sequence 1 2 3 4 5 6 7 8 9 10 11 12 13",
+        "Windows 10.0.19045.2965 build",
+        "INV-2023-000123 is overdue",
+        "ext 555-1234 only",
+        "IBAN DE89-3704-0044-0532-0130-01 (bad check digits)",
+        "IBAN DE00 3704 0044 0532 0130 00",
+        "number 5551234567890123",
+    ],
+)
+def test_digits_that_are_something_else_are_no_phones(text: str) -> None:
+    """Dates, SSNs, ZIP codes, versions, counts and IBAN groups are not confirmed as phones."""
+    assert phones(text) == []
+
+
+def test_national_formats_count_only_for_the_configured_regions() -> None:
+    """A French national number needs FR in phone_regions; written with +33 it needs nothing."""
+    us_only = PiiFilter(PiiFilterConfig(name="us", phone_regions=("US",)))
+    assert phones("call 06 12 34 56 78", us_only) == []
+    assert phones("call +33 6 12 34 56 78", us_only) == ["+33 6 12 34 56 78"]
+    assert phones("call (415) 555-2671", us_only) == ["(415) 555-2671"]
+    assert phones("call 06 12 34 56 78", PII) == ["06 12 34 56 78"]
+
+
+def test_a_number_without_its_trunk_prefix_is_no_national_format() -> None:
+    """Digits valid in France once a 0 is put in front are not a French number without it."""
+    assert phones("ref 1 00 20 03 00") == []
+    assert phones("ref 01 00 20 03 00") == ["01 00 20 03 00"]
