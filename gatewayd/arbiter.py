@@ -2,10 +2,17 @@
 traffic forks the workers and supervises them, as gunicorn's arbiter and
 nginx's master process do.
 
-    arbiter   systemd's main pid: sd_notify, signals, config validation
-      ├── worker   Daemon.serve on SO_REUSEPORT   ─┐  one byte per event on
-      ├── worker   (the kernel spreads new         ├─ its own pipe: ready,
-      └── worker    connections over them)        ─┘  reloaded, reload failed
+    arbiter   systemd's main pid: binds the listener, sd_notify, signals,
+      │       config validation
+      ├── worker   Daemon.serve on the arbiter's  ─┐  one byte per event on
+      ├── worker   listening sockets (whichever    ├─ its own pipe: ready,
+      └── worker   is idle accepts)               ─┘  reloaded, reload failed,
+                                                      retiring, heartbeat
+
+The arbiter binds `server.listen` itself and the workers inherit the
+sockets, as gunicorn's do: a worker that stops accepting (retiring, hung,
+dead) leaves its waiting connections in the shared queue for the others,
+where with one SO_REUSEPORT socket per worker they would be reset.
 
 The arbiter forks before any event loop exists and runs a plain select loop.
 Signal handlers do nothing: `signal.set_wakeup_fd` writes each signal's number
@@ -13,6 +20,13 @@ to a pipe the loop watches, and the loop dispatches HUP (validate, forward,
 wait for every worker's result, READY=1), TERM/INT (forward, wait for the
 drain, kill stragglers) and CHLD (reap, respawn with a backoff, give up after
 a burst of crashes as systemd's start limit does).
+
+Two more ways a worker is replaced. One that has served server.max_requests
+says it is retiring: its replacement is forked at once and the old one
+drains on its own. One whose heartbeat (a byte every second or so, written
+by its event loop) has been silent for server.worker_timeout is stuck, in a
+regex or a C call that never yields; it is killed and respawned like a
+worker that died.
 
 Import this module only once $PROMETHEUS_MULTIPROC_DIR is set (gatewayd.cli
 does): it imports the daemon, and with it prometheus_client.
@@ -38,7 +52,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from gatewayd import systemd
 from gatewayd.config import load
 from gatewayd.config.schema import Config, Listen
-from gatewayd.daemon import READY, RELOAD_FAILED, RELOADED, serve_worker
+from gatewayd.daemon import READY, RELOAD_FAILED, RELOADED, RETIRING, serve_worker
 from gatewayd.errors import ConfigError
 from gatewayd.observability import logging as gw_logging
 from gatewayd.observability import metrics
@@ -72,9 +86,15 @@ def run(config: Config) -> int:
 class Worker:
     pid: int
     pipe: int
+    # When it last wrote anything (monotonic): a heartbeat or an event.
+    seen: float
     ready: bool = False
     # Reload results this worker still owes the arbiter.
     reloads: int = 0
+    # Draining after max_requests; its replacement is already forked.
+    retiring: bool = False
+    # Killed for a silent heartbeat.
+    hung: bool = False
 
 
 class Arbiter:
@@ -102,13 +122,15 @@ class Arbiter:
         self._reload_deadline = 0.0
         self._crashes: deque[float] = deque()
         self._respawns: list[float] = []
+        self._sockets: list[socket.socket] = []
 
     def run(self) -> int:
         """Fork the workers and supervise them until they have all stopped."""
         listen = self._boot.server.listen
-        problem = _cannot_listen(listen)
-        if problem is not None:
-            log.error("cannot listen on %s: %s", listen, problem)
+        try:
+            self._sockets = _bind(listen, self._boot.server.backlog)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", listen, exc.strerror)
             return 1
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for sig in SIGNALS:
@@ -122,6 +144,7 @@ class Arbiter:
             self._spawn()
         while self._workers or not self._stopping:
             self._step()
+        self._close_sockets()
         log.info("all workers stopped", extra={"fields": {"exit_code": self._exit_code}})
         return self._exit_code
 
@@ -141,14 +164,19 @@ class Arbiter:
             self._kill_stragglers()
         if self._reloading and now >= self._reload_deadline:
             self._give_up_on_reports()
+        if not self._stopping:
+            self._kill_hung(now)
         if self._hup_wanted:
             self._reload()
 
     def _timeout(self) -> float | None:
-        """Until the next respawn, stop or reload deadline; None waits for an event."""
+        """Until the next respawn, heartbeat, stop or reload deadline; None waits for an event."""
         due = self._respawns[:1]
         if self._stopping and not self._killed:
             due = [*due, self._stop_deadline]
+        if not self._stopping:
+            timeout = self._boot.server.worker_timeout
+            due.extend(w.seen + timeout for w in self._workers.values() if not w.hung)
         if self._reloading:
             due = [*due, self._reload_deadline]
         return max(0.0, min(due) - time.monotonic()) if due else None
@@ -172,7 +200,7 @@ class Arbiter:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write)
         os.set_blocking(read, False)
-        worker = Worker(pid, read)
+        worker = Worker(pid, read, seen=time.monotonic())
         self._workers[pid] = worker
         self._selector.register(read, selectors.EVENT_READ, worker)
         log.info("worker started", extra={"fields": {"pid": pid, "generation": self._generation}})
@@ -194,7 +222,7 @@ class Arbiter:
             for fd in (read, self._wakeup, self._wakeup_w, *pipes):
                 os.close(fd)
             self._selector.close()
-            code = serve_worker(self._config, self._generation, report, self._pid)
+            code = serve_worker(self._config, self._generation, report, self._pid, self._sockets)
         except BaseException:
             log.exception("worker failed", extra={"fields": {"pid": os.getpid()}})
         finally:
@@ -208,9 +236,12 @@ class Arbiter:
             # The worker closed its end, so it is exiting; SIGCHLD will follow.
             self._close(worker)
             return
+        worker.seen = time.monotonic()
         for event in (data[i : i + 1] for i in range(len(data))):
             if event == READY:
                 self._on_ready(worker)
+            elif event == RETIRING:
+                self._on_retiring(worker)
             elif event in (RELOADED, RELOAD_FAILED) and worker.reloads > 0:
                 # Only results the arbiter asked for: `systemctl kill -s HUP`
                 # signals every process of the unit, workers included.
@@ -229,6 +260,30 @@ class Arbiter:
         ):
             self._booted = True
             systemd.ready(status=self._status())
+
+    def _on_retiring(self, worker: Worker) -> None:
+        """A worker served max_requests and drains: fork its replacement now."""
+        if worker.retiring or self._stopping:
+            return
+        worker.retiring = True
+        # It answers no reload any more: it accepts no new connections.
+        worker.reloads = 0
+        log.info("worker retiring after max_requests", extra={"fields": {"pid": worker.pid}})
+        metrics.WORKER_RESTARTS.labels("max_requests").inc()
+        self._spawn()
+        self._check_reloaded()
+
+    def _kill_hung(self, now: float) -> None:
+        """SIGKILL every worker whose heartbeat has been silent for worker_timeout."""
+        timeout = self._boot.server.worker_timeout
+        for worker in self._workers.values():
+            if not worker.hung and now - worker.seen > timeout:
+                worker.hung = True
+                log.error(
+                    "worker's event loop is stuck; killing it",
+                    extra={"fields": {"pid": worker.pid, "silent_s": round(now - worker.seen, 1)}},
+                )
+                _signal(worker.pid, signal.SIGKILL)
 
     def _reap(self) -> None:
         while True:
@@ -254,10 +309,12 @@ class Arbiter:
 
     def _on_exit(self, worker: Worker, status: int) -> None:
         fields = {"pid": worker.pid, "exit": _describe(status)}
-        if self._stopping:
+        if self._stopping or worker.retiring:
+            # A retired worker's replacement was forked when it began to drain.
             log.info("worker exited", extra={"fields": fields})
             return
-        log.error("worker died unexpectedly", extra={"fields": fields})
+        if not worker.hung:
+            log.error("worker died unexpectedly", extra={"fields": fields})
         self._check_reloaded()
         if not self._booted:
             # Some worker never got going (its own log says why: a port in
@@ -279,7 +336,7 @@ class Arbiter:
             self._exit_code = 1
             self._stop("start limit")
             return
-        metrics.WORKER_RESTARTS.labels("died").inc()
+        metrics.WORKER_RESTARTS.labels("timeout" if worker.hung else "died").inc()
         self._respawns.append(now + RESPAWN_BACKOFF * 2 ** (len(self._crashes) - 1))
         self._respawns.sort()
 
@@ -314,8 +371,9 @@ class Arbiter:
         # answered by then must not leave systemd waiting in "reloading".
         self._reload_deadline = time.monotonic() + self._config.server.shutdown_timeout
         for worker in self._workers.values():
-            worker.reloads += 1
-            _signal(worker.pid, signal.SIGHUP)
+            if not worker.retiring:
+                worker.reloads += 1
+                _signal(worker.pid, signal.SIGHUP)
         self._check_reloaded()
 
     def _give_up_on_reports(self) -> None:
@@ -349,12 +407,20 @@ class Arbiter:
             return
         self._stopping = True
         self._respawns.clear()
+        # The workers hold their own copies until they have drained; with
+        # the last one closed, new connections are refused, not left waiting.
+        self._close_sockets()
         systemd.stopping()
         log.info("stopping workers", extra={"fields": {"reason": reason}})
         timeout = max(self._boot.server.shutdown_timeout, self._config.server.shutdown_timeout)
         self._stop_deadline = time.monotonic() + timeout + STOP_GRACE
         for pid in self._workers:
             _signal(pid, signal.SIGTERM)
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
 
     def _kill_stragglers(self) -> None:
         self._killed = True
@@ -363,8 +429,9 @@ class Arbiter:
             _signal(pid, signal.SIGKILL)
 
     def _status(self) -> str:
+        serving = sum(not w.retiring for w in self._workers.values())
         return (
-            f"serving on {self._boot.server.listen} with {len(self._workers)} workers,"
+            f"serving on {self._boot.server.listen} with {serving} workers,"
             f" config generation {self._generation}"
         )
 
@@ -382,41 +449,49 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def _keep_static(boot: Config, new: Config) -> Config:
-    """`new`, with the listener, worker count and audit sink of `boot`.
+    """`new`, with the listener, worker count, worker timeout and audit sink of `boot`.
 
     Running workers keep those until a restart; a worker forked after a
-    reload must bind where its siblings listen and write where they write.
+    reload must serve the sockets its siblings serve, write where they
+    write, and beat as often as the arbiter expects.
     """
-    server = dataclasses.replace(new.server, listen=boot.server.listen, workers=boot.server.workers)
+    server = dataclasses.replace(
+        new.server,
+        listen=boot.server.listen,
+        workers=boot.server.workers,
+        backlog=boot.server.backlog,
+        worker_timeout=boot.server.worker_timeout,
+    )
     return dataclasses.replace(new, server=server, audit=boot.audit)
 
 
-def _cannot_listen(listen: Listen) -> str | None:
-    """Why the workers could not share `listen`, or None if they can.
+def _bind(listen: Listen, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address `listen` names; OSError if any is taken.
 
-    Workers bind with SO_REUSEPORT, which would let them join any listener
-    of the same user on that port (another gatewayd) and quietly split its
-    traffic. A trial bind without SO_REUSEPORT fails instead if anyone
-    listens there; SO_REUSEADDR, as aiohttp sets it, ignores TIME_WAIT.
+    SO_REUSEADDR, as aiohttp sets it, ignores TIME_WAIT; without
+    SO_REUSEPORT the bind fails if anyone already listens there.
     """
-    if listen.port == 0:
-        return "port 0 gives every worker its own port; name one"
     try:
         addresses = socket.getaddrinfo(
             listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
-        return str(exc.strerror)
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as sock:
+        raise OSError(exc.errno, exc.strerror) from None
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                return str(exc.strerror)
-    return None
+            sock.bind(address)
+            sock.listen(backlog)
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def _describe(status: int) -> str:

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 1
     if args.check_config:
+        if config.server.tls is not None:
+            from gatewayd.tls import expiry_warning
+
+            warning = expiry_warning(config.server.tls)
+            if warning is not None:
+                print(f"{path}: {warning}", file=sys.stderr)
         print(f"{path}: configuration ok")
         return 0
     if args.command == "audit":

@@ -2,7 +2,12 @@
 
 The same Daemon serves alone (server.workers: 1, reporting to systemd) or as
 one worker under gatewayd.arbiter (reporting to the arbiter through a pipe);
-the Supervisor it is given is the only difference besides SO_REUSEPORT.
+the Supervisor it is given is the only difference besides the listener:
+a lone process binds its own, a worker serves the arbiter's sockets (see
+gatewayd.arbiter), reports a heartbeat, and with server.max_requests retires:
+it stops accepting, answers each further request with `Connection: close`,
+and exits once its connections are gone, while the arbiter's replacement
+already serves.
 
 Signal handlers only put the signal on a queue; the main loop dispatches it
 (as gunicorn's arbiter does), so no work happens inside a handler.
@@ -18,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
+import socket
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import uvloop
 from aiohttp import web
@@ -29,11 +36,12 @@ from gatewayd import __version__, systemd
 from gatewayd.app import make_app
 from gatewayd.audit.writer import AuditWriter
 from gatewayd.config import load
-from gatewayd.config.schema import Config, ServerConfig
+from gatewayd.config.schema import Config, ServerConfig, TlsConfig
 from gatewayd.errors import ConfigError
 from gatewayd.observability import health, metrics
 from gatewayd.observability import logging as gw_logging
 from gatewayd.runtime import Runtime, RuntimeHolder, build_runtime
+from gatewayd.tls import Prepared, TlsError, TlsListener, expiry_warning
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,19 @@ log = logging.getLogger(__name__)
 READY = b"r"
 RELOADED = b"h"
 RELOAD_FAILED = b"f"
-# How often a worker checks that its arbiter is still there.
+# Served server.max_requests: draining, the arbiter starts a replacement.
+RETIRING = b"m"
+# The loop turns; sent every HEARTBEAT_SHARE of server.worker_timeout at most.
+HEARTBEAT = b"a"
+HEARTBEAT_SHARE = 0.25
+# How often a worker checks that its arbiter is still there (and at most how
+# long between heartbeats).
 ORPHAN_CHECK = 1.0
+# How often a retiring worker looks whether its last connection has closed.
+RETIRE_POLL = 0.05
+
+# What the serving loop waits for: a signal, or having served max_requests.
+Event = signal.Signals | Literal["retire"]
 
 
 def make_runner(app: web.Application, server: ServerConfig) -> web.AppRunner:
@@ -66,30 +85,53 @@ def run(config: Config) -> int:
         return runner.run(Daemon(config).serve())
 
 
-def serve_worker(config: Config, generation: int, report: int, arbiter: int) -> int:
-    """Serve as a forked worker of `arbiter` (a pid), reporting through the pipe fd `report`."""
-    daemon = Daemon(config, generation=generation, supervisor=ArbiterPipe(report), reuse_port=True)
+def serve_worker(
+    config: Config,
+    generation: int,
+    report: int,
+    arbiter: int,
+    sockets: list[socket.socket],
+) -> int:
+    """Serve `sockets` as a forked worker of `arbiter` (a pid), reporting through fd `report`."""
+    pipe = ArbiterPipe(report)
+    server = config.server
+    # Jitter spreads the retirements, so workers started together do not all
+    # drain at once.
+    limit = (
+        server.max_requests + random.randint(0, server.max_requests_jitter)
+        if server.max_requests is not None
+        else None
+    )
+    daemon = Daemon(
+        config, generation=generation, supervisor=pipe, sockets=sockets, max_requests=limit
+    )
+    beat = min(ORPHAN_CHECK, server.worker_timeout * HEARTBEAT_SHARE)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve_until_orphaned(daemon, arbiter))
+        return runner.run(_serve_until_orphaned(daemon, arbiter, pipe, beat))
 
 
-async def _serve_until_orphaned(daemon: Daemon, arbiter: int) -> int:
-    watch = asyncio.create_task(_watch_arbiter(arbiter))
+async def _serve_until_orphaned(
+    daemon: Daemon, arbiter: int, pipe: ArbiterPipe, beat: float
+) -> int:
+    watch = asyncio.create_task(_watch_arbiter(arbiter, pipe, beat))
     try:
         return await daemon.serve()
     finally:
         watch.cancel()
 
 
-async def _watch_arbiter(arbiter: int) -> None:
-    """Drain and exit, as on SIGTERM, once the arbiter is gone.
+async def _watch_arbiter(arbiter: int, pipe: ArbiterPipe, beat: float) -> None:
+    """A heartbeat every `beat` seconds; drain and exit, as on SIGTERM, once the arbiter is gone.
 
-    Polling getppid once a second rather than prctl(PR_SET_PDEATHSIG): no
-    ctypes, no race with an arbiter that died before the call, and the worker
-    drains its requests instead of being killed mid-stream.
+    The heartbeat is sent from the loop itself, so a loop stuck in one
+    callback stops it and the arbiter replaces the worker (server.worker_timeout).
+    Polling getppid rather than prctl(PR_SET_PDEATHSIG): no ctypes, no race
+    with an arbiter that died before the call, and the worker drains its
+    requests instead of being killed mid-stream.
     """
-    while os.getppid() == arbiter:  # noqa: ASYNC110 - nothing announces a parent's death
-        await asyncio.sleep(ORPHAN_CHECK)
+    while os.getppid() == arbiter:  # nothing announces a parent's death
+        pipe.alive()
+        await asyncio.sleep(beat)
     log.warning("arbiter is gone; stopping", extra={"fields": {"pid": os.getpid()}})
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -102,6 +144,8 @@ class Supervisor(Protocol):
     def reloading(self) -> None: ...
 
     def reloaded(self, ok: bool, status: str) -> None: ...
+
+    def retiring(self) -> None: ...
 
     def stopping(self) -> None: ...
 
@@ -123,6 +167,9 @@ class Systemd:
         # is the arbiter, once per reload rather than once per worker.
         metrics.CONFIG_RELOADS.labels("success" if ok else "error").inc()
         systemd.ready(status=status)
+
+    def retiring(self) -> None:
+        """Nothing: without workers the config refuses server.max_requests."""
 
     def stopping(self) -> None:
         """STOPPING=1."""
@@ -146,6 +193,14 @@ class ArbiterPipe:
         """The result the arbiter waits for before READY=1."""
         self._send(RELOADED if ok else RELOAD_FAILED)
 
+    def retiring(self) -> None:
+        """Draining after max_requests: the arbiter starts the replacement now."""
+        self._send(RETIRING)
+
+    def alive(self) -> None:
+        """The heartbeat: this worker's loop still turns."""
+        self._send(HEARTBEAT)
+
     def stopping(self) -> None:
         """Nothing: the arbiter said STOPPING=1 before it forwarded SIGTERM."""
 
@@ -166,29 +221,46 @@ class Daemon:
         *,
         generation: int = 1,
         supervisor: Supervisor | None = None,
-        reuse_port: bool = False,
+        sockets: list[socket.socket] | None = None,
+        max_requests: int | None = None,
     ) -> None:
         self._source: Path = config.source
         self._generation = generation
         self._supervisor = supervisor or Systemd()
-        self._reuse_port = reuse_port
+        # Bound by the arbiter (shared by every worker); None binds server.listen.
+        self._sockets = sockets
         self._holder = RuntimeHolder(build_runtime(config, self._generation))
         self._audit = AuditWriter(config.audit)
-        self._signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        self._tls: TlsListener | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._max_requests = max_requests
+        self._served = 0
+        self._closing = False
 
     async def serve(self) -> int:
         """Listen, report ready, then reload on HUP until TERM or INT drains; the exit code."""
         config = self._holder.current.config
+        tls = config.server.tls
+        if tls is not None:
+            try:
+                self._tls = TlsListener(tls)
+            except TlsError as exc:
+                log.error("cannot serve TLS: %s", exc)
+                return 1
+            _warn_expiry(tls)
+            metrics.TLS_CERT_EXPIRY.set(self._tls.info.not_after.timestamp())
         app = make_app(self._holder, self._audit)
+        app[health.HEALTH].tls = self._tls
+        if self._max_requests is not None:
+            app.on_response_prepare.append(self._count)
         runner = make_runner(app, config.server)
         await runner.setup()
         listen = config.server.listen
-        site = web.TCPSite(
-            runner, listen.host, listen.port, backlog=1024, reuse_port=self._reuse_port
-        )
+        sites = self._sites(runner, config.server)
         try:
-            await site.start()
+            for site in sites:
+                await site.start()
         except OSError as exc:
             log.error("cannot listen on %s: %s", listen, exc.strerror)
             await runner.cleanup()
@@ -210,13 +282,17 @@ class Daemon:
         self._supervisor.ready(f"serving on {listen}, config generation {self._generation}")
 
         while True:
-            sig = await self._signals.get()
-            if sig is signal.SIGHUP:
+            event = await self._events.get()
+            if event is signal.SIGHUP:
                 await self.reload()
+            elif event == "retire":
+                event = await self._retire(runner, sites)
+                break
             else:
                 break
 
-        log.info("draining", extra={"fields": {"signal": sig.name, "pid": os.getpid()}})
+        reason = event.name if isinstance(event, signal.Signals) else "max_requests"
+        log.info("draining", extra={"fields": {"signal": reason, "pid": os.getpid()}})
         self._supervisor.stopping()
         app[health.HEALTH].draining = True
         # Stop accepting, let in-flight requests (streams too) finish within
@@ -227,10 +303,60 @@ class Daemon:
         log.info("stopped", extra={"fields": {"pid": os.getpid()}})
         return 0
 
+    def _sites(self, runner: web.AppRunner, server: ServerConfig) -> list[web.BaseSite]:
+        context = self._tls.context if self._tls is not None else None
+        if self._sockets is None:
+            listen = server.listen
+            return [
+                web.TCPSite(
+                    runner, listen.host, listen.port, backlog=server.backlog, ssl_context=context
+                )
+            ]
+        return [web.SockSite(runner, sock, ssl_context=context) for sock in self._sockets]
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+            loop.add_signal_handler(sig, self._events.put_nowait, sig)
+
+    async def _count(self, request: web.Request, response: web.StreamResponse) -> None:
+        """on_response_prepare: count toward max_requests; once retiring, close after each."""
+        if self._closing:
+            response.force_close()
+            response.headers["Connection"] = "close"
+            return
+        self._served += 1
+        if self._max_requests is not None and self._served >= self._max_requests:
+            self._closing = True
+            response.force_close()
+            response.headers["Connection"] = "close"
+            self._events.put_nowait("retire")
+
+    async def _retire(self, runner: web.AppRunner, sites: list[web.BaseSite]) -> Event:
+        """Stop accepting, wait for the clients to close (shutdown_timeout at most); what ended it.
+
+        The listening sockets stay open in the arbiter and the other workers,
+        so connections waiting to be accepted go to them, not to an RST. A
+        keep-alive connection ends after its next response (Connection:
+        close), so no request races an idle close; one whose client stays
+        silent is closed by the drain that follows.
+        """
+        log.info(
+            "served max_requests; retiring",
+            extra={"fields": {"requests": self._served, "pid": os.getpid()}},
+        )
+        self._supervisor.retiring()
+        for site in sites:
+            await site.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._holder.current.config.server.shutdown_timeout
+        while runner.server is not None and runner.server.connections and loop.time() < deadline:
+            try:
+                # A signal (TERM) during the wait ends it at once.
+                return await asyncio.wait_for(self._events.get(), RETIRE_POLL)
+            except TimeoutError:
+                continue
+        return "retire"
 
     async def reload(self) -> bool:
         """Swap in the config file as it is now, or keep serving the old one."""
@@ -238,15 +364,23 @@ class Daemon:
         old = self._holder.current
         try:
             config = await asyncio.to_thread(load, self._source)
+            certificate = self._prepare_tls(config)
             runtime = build_runtime(config, self._generation + 1)
             await runtime.start()
         except ConfigError as exc:
             return self._reload_failed(old, [str(p) for p in exc.problems])
+        except TlsError as exc:
+            return self._reload_failed(old, [str(exc)])
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old config
             return self._reload_failed(old, [f"{type(exc).__name__} while starting"])
         _warn_static(old.config, config)
         self._generation += 1
         self._holder.current = runtime
+        if self._tls is not None and certificate is not None:
+            # New connections shake hands with the new certificate; open ones
+            # (a stream included) keep theirs until they end.
+            self._tls.swap(certificate)
+            metrics.TLS_CERT_EXPIRY.set(certificate.info.not_after.timestamp())
         gw_logging.configure(config.logging)
         metrics.CONFIG_GENERATION.set(self._generation)
         # Like nginx's old workers, the old generation lives until its last
@@ -260,6 +394,17 @@ class Daemon:
         )
         self._supervisor.reloaded(True, f"serving, config generation {self._generation}")
         return True
+
+    def _prepare_tls(self, config: Config) -> Prepared | None:
+        """A context from the certificate files as they are now; TlsError if unusable."""
+        tls = config.server.tls
+        if self._tls is None or tls is None:
+            return None
+        for key in self._tls.restart_needed(tls):
+            log.warning("%s changed: restart gatewayd to apply it", key)
+        prepared = self._tls.prepare(tls)
+        _warn_expiry(tls)
+        return prepared
 
     def _reload_failed(self, old: Runtime, problems: list[str]) -> bool:
         for problem in problems:
@@ -278,8 +423,17 @@ def _warn_static(old: Config, new: Config) -> None:
     """Say which changes only a restart applies: the listener and the audit sink."""
     if old.server.listen != new.server.listen:
         log.warning("server.listen changed: restart gatewayd to apply it")
+    if (old.server.tls is None) != (new.server.tls is None):
+        log.warning("server.tls added or removed: restart gatewayd to apply it")
     if old.audit != new.audit:
         log.warning("audit settings changed: restart gatewayd to apply them")
+
+
+def _warn_expiry(tls: TlsConfig) -> None:
+    """Log when the certificate expires within tls.EXPIRY_WARNING."""
+    warning = expiry_warning(tls)
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def _address(runner: web.AppRunner) -> str | None:

@@ -14,19 +14,12 @@ from types import MappingProxyType
 from gatewayd.config import values as v
 from gatewayd.config.audit import read_audit
 from gatewayd.config.guardrails import read_filters, read_policies
-from gatewayd.config.reader import Context, Many, Reader, Spec
+from gatewayd.config.reader import Context, Reader, Spec
 from gatewayd.config.schema import AuditConfig, Config, LoggingConfig, ServerConfig
+from gatewayd.config.server import read_server
 from gatewayd.config.source import Table
 from gatewayd.config.upstreams import read_routes, read_upstreams
 
-_SERVER: Spec = {
-    "listen": v.listen,
-    "workers": v.integer(1, 1024),
-    "max_body_size": v.size(1),
-    "read_timeout": v.duration(positive=True),
-    "shutdown_timeout": v.duration(),
-    "trusted_proxies": Many(v.network),
-}
 _LOGGING: Spec = {
     "level": v.choice("debug", "info", "warning", "error"),
     "format": v.choice("json", "text"),
@@ -47,7 +40,7 @@ def build_config(tree: Table, context: Context, source: Path) -> Config:
     audit = root.table("audit")
     config = Config(
         source=source,
-        server=ServerConfig(**server.fields(_SERVER)) if server is not None else ServerConfig(),
+        server=read_server(server, base) if server is not None else ServerConfig(),
         logging=LoggingConfig(**logging.fields(_LOGGING))
         if logging is not None
         else LoggingConfig(),

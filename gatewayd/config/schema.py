@@ -63,6 +63,19 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """HTTPS on the listener; the files are read at load and again on every reload."""
+
+    cert: Path
+    key: Path
+    # Clients must present a certificate this CA bundle verifies (mutual TLS).
+    client_ca: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # An OpenSSL cipher list for TLS 1.2; TLS 1.3's suites are not configurable.
+    ciphers: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: Listen = field(default_factory=Listen)
     workers: int = 1
@@ -70,6 +83,16 @@ class ServerConfig:
     read_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = ()
+    tls: TlsConfig | None = None
+    # The listen(2) queue; the kernel caps it at net.core.somaxconn.
+    backlog: int = 1024
+    # With workers: a worker that has served this many (plus a random share
+    # of the jitter, so they do not all retire at once) is replaced.
+    max_requests: int | None = None
+    max_requests_jitter: int = 0
+    # With workers: one whose event loop has not reported for this long is
+    # killed and replaced. gunicorn's default; see docs/configuration.md.
+    worker_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

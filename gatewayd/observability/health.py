@@ -35,12 +35,20 @@ class Probed(Protocol):
     async def health(self) -> Any: ...
 
 
+class CertificateStatus(Protocol):
+    """The listener's TLS (gatewayd.tls.TlsListener): what its certificate says."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class HealthSources:
     holder: RuntimeHolder
     audit: AuditWriter
     draining: bool = False
     started: float = 0.0
+    # Set by the daemon when it serves HTTPS.
+    tls: CertificateStatus | None = None
 
     def __post_init__(self) -> None:
         self.started = time.time()
@@ -127,5 +135,8 @@ async def detailed(request: web.Request) -> web.Response:
             "upstreams": {name: u.status() for name, u in runtime.upstreams.items()},
             "filters": await _probe_filters(runtime),
             "audit": sources.audit.status(),
+            # Subject, expiry and fingerprint of the certificate new
+            # connections get; null over plain HTTP.
+            "tls": sources.tls.status() if sources.tls is not None else None,
         },
     )

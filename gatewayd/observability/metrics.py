@@ -211,9 +211,19 @@ CONFIG_GENERATION = Gauge(
     # current one, so the highest is the configuration being served.
     multiprocess_mode="max",
 )
+TLS_CERT_EXPIRY = Gauge(
+    "gatewayd_tls_cert_expiry_timestamp_seconds",
+    "Unix time at which the listener's certificate expires (absent without server.tls).",
+    registry=REGISTRY,
+    # Every worker reloads the same files; the latest reload's value holds
+    # even when a rotation brings a certificate that expires sooner.
+    multiprocess_mode="livemostrecent",
+)
 WORKER_RESTARTS = Counter(
     "gatewayd_worker_restarts_total",
-    "Workers the arbiter replaced, by reason (died: exited or was killed while serving).",
+    "Workers the arbiter replaced, by reason (died: exited or was killed while serving;"
+    " timeout: its event loop stopped sending heartbeats for server.worker_timeout;"
+    " max_requests: retired after serving server.max_requests).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -1,5 +1,5 @@
 """server.workers: 2 as a real process group: an arbiter, two forked workers
-sharing the port with SO_REUSEPORT, signals relayed, metrics added up."""
+sharing the listening socket the arbiter bound, signals relayed, metrics added up."""
 
 from __future__ import annotations
 
