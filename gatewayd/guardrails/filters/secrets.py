@@ -3,13 +3,15 @@
 Most secrets start with a fixed marker ("AKIA", "ghp_", "sk-", "eyJ"...): a
 substring test on the marker decides whether the entity's regex runs at all,
 so a text without any marker costs a few substring searches. Passwords are
-found from an assignment (`password = "..."`, `passwd: ...`, `api_key=...`,
-`my password is ...`) or a URL's user info (`postgres://app:...@db`), and the
-finding covers the value only.
+found from an assignment to a name holding a key word (`password = "..."`,
+`dbPassword: ...`, `setProperty("API_TOKEN", "...")`, `<apiToken>...`,
+`my password is ...`) or a URL's user info (`postgres://app:...@db`), and
+the finding covers the value only.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import string
 from bisect import bisect_left
@@ -48,6 +50,23 @@ def _has_digit(m: re.Match[str]) -> bool:
     return any(c.isdigit() for c in m.group("body"))
 
 
+_ALG_NONE = re.compile(r'"alg"\s{0,8}:\s{0,8}"none"', re.IGNORECASE)
+
+
+def _jwt_ok(m: re.Match[str]) -> bool:
+    """A signed token, or an unsigned one whose header says so (a signed token
+    cut before its signature is a fragment, not a credential)."""
+    token = m.group()
+    if not token.endswith("."):
+        return True
+    header = token[: token.index(".")]
+    try:
+        decoded = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+    except ValueError:
+        return False
+    return _ALG_NONE.search(decoded.decode("utf-8", "replace")) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class _Token:
     """A secret that starts with a fixed marker: its regex is tried only where
@@ -71,8 +90,25 @@ _TOKENS = (
     _Token(
         "AWS_ACCESS_KEY",
         "A",
-        ("AKIA", "ASIA"),
-        re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+        # Users' keys, temporary ones, and the rarer role and account prefixes.
+        ("AKIA", "ASIA", "ABIA", "ACCA"),
+        re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+    ),
+    # Bedrock API keys: long-term ones are "ABSK" and base64, short-term ones
+    # a presigned URL in base64 after "bedrock-api-key-".
+    _Token(
+        "AWS_BEDROCK_API_KEY",
+        "K",
+        ("ABSK",),
+        re.compile(r"(?<![A-Za-z0-9+/])ABSK[A-Za-z0-9+/]{60,400}={0,2}(?![A-Za-z0-9+/=])"),
+    ),
+    _Token(
+        "AWS_BEDROCK_API_KEY",
+        "-",
+        ("bedrock-api-key-",),
+        re.compile(
+            r"(?<![A-Za-z0-9+/-])bedrock-api-key-[A-Za-z0-9+/]{40,3000}={0,2}(?![A-Za-z0-9+/=])"
+        ),
     ),
     _Token(
         "GITHUB_TOKEN",
@@ -105,10 +141,24 @@ _TOKENS = (
     _Token(
         "SLACK_TOKEN",
         "-",
-        ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-"),
-        re.compile(r"(?<![A-Za-z0-9_-])xox[baprs]-(?P<body>[A-Za-z0-9-]{10,250})(?![A-Za-z0-9_-])"),
+        # Bot, user, app-level (xapp-), refresh and configuration (xoxe-) tokens.
+        ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-", "xoxe-", "xoxe.", "xapp-"),
+        re.compile(
+            r"(?<![A-Za-z0-9_-])(?:xox[baprse]-|xoxe\.xox[bp]-|xapp-)"
+            r"(?P<body>[A-Za-z0-9-]{10,250})(?![A-Za-z0-9_-])"
+        ),
         _has_digit,
-        lead="xox",
+        lead="x",
+    ),
+    _Token(
+        "SLACK_WEBHOOK_URL",
+        "/",
+        ("hooks.slack.com/",),
+        re.compile(
+            r"hooks\.slack\.com/(?:services|workflows|triggers)/"
+            r"(?P<body>[A-Za-z0-9_-]{8,40}/[A-Za-z0-9_/-]{8,120})(?![A-Za-z0-9_/-])"
+        ),
+        _has_digit,
     ),
     _Token(
         "STRIPE_KEY",
@@ -126,21 +176,28 @@ _TOKENS = (
         "JWT",
         "J",
         ("eyJ",),
+        # Signed (three parts), or unsigned ("alg": "none": a JSON payload and
+        # an empty signature after the last dot).
         re.compile(
-            r"(?<![A-Za-z0-9_.-])eyJ[A-Za-z0-9_-]{10,2000}\.[A-Za-z0-9_-]{10,6000}"
-            r"\.[A-Za-z0-9_-]{16,1000}(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])"
+            r"(?<![A-Za-z0-9_.-])eyJ[A-Za-z0-9_-]{10,2000}\.(?:[A-Za-z0-9_-]{10,6000}"
+            r"\.[A-Za-z0-9_-]{16,1000}|eyJ[A-Za-z0-9_-]{7,6000}\.)(?![A-Za-z0-9_-]|\.[A-Za-z0-9_-])"
         ),
+        _jwt_ok,
     ),
 )
 
-# Assignments whose value is a secret. Written in lower case: they run on
-# lower-cased text (see fold_case). The look-behind after each name's first
-# letter (there, the pattern still starts with plain characters) lets
-# `db_password` and `AWS_SECRET_ACCESS_KEY` in, but not `mypassword`.
+# Assignments whose value is a secret, after gitleaks' generic rule and
+# detect-secrets' keyword plugin: a key name anywhere in an identifier
+# (`dbPassword`, `clientSecret`, `AWS_SECRET_ACCESS_KEY`, `mySecretString`),
+# then an operator of any common language or format, then a value that looks
+# like a credential (see _value_ok). Written in lower case: they run on
+# lower-cased text (see fold_case).
 _KEY_NAMES = (
-    "password", "passwd", "passphrase", "pwd", "secret", "secret_key", "secret-key", "token",
-    "api_key", "api-key", "apikey", "access_key", "access-key", "private_key", "private-key",
+    "password", "passwd", "passphrase", "pwd", "secret", "token", "api_key", "api-key",
+    "apikey", "access_key", "access-key", "private_key", "private-key", "credential", "creds",
 )  # fmt: skip
+# The rest of the identifier: `_value`, `string`, `s`.
+_SUFFIX = r"[a-z0-9_-]{0,24}"
 
 
 def _has_key_marker(lowered: str) -> bool:
@@ -152,18 +209,34 @@ def _has_key_marker(lowered: str) -> bool:
         or "secret" in lowered
         or "token" in lowered
         or "key" in lowered
+        or "cred" in lowered
     )
 
 
-# Between name and value: an operator, or "is"/"was" ("my password is ...").
-_OPERATOR = r"(?:=>|:=|=|:|[ \t](?:is|was)(?:[ \t]{0,8}:)?)"
-_VALUE = r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'|(?P<bare>[^\s\"',;]{1,256}))"
+# Between name and value: an operator (assignment in shells, Makefiles, YAML,
+# JSON, Python, Go, Ruby; a comparison in code), or "is"/"was" ("my password is ...").
+_OPERATOR = r"(?:::=|:=|\?=|!==|===|!=|==|=>|=|:|[ \t](?:is|was)(?:[ \t]{0,8}:)?)"
+# What else may stand between a name and a quoted value: `setProperty("API_TOKEN", "...")`,
+# `getenv_or_default("api_token", "...")` (a comma after the quoted name), or
+# only blanks (`password "...";` in nginx or Terraform-like configs); and
+# `<apiToken>...</apiToken>`.
+_BETWEEN = (
+    rf"(?:[\"']?[ \t]{{0,8}}{_OPERATOR}[ \t]{{0,8}}"
+    r"|[\"'][ \t]{0,8},[ \t]{0,8}(?P<comma>)(?=[\"'])|[ \t]{1,8}(?P<blank>)(?=[\"'])"
+    r"|>(?=[^<\s]{1,256}</))"
+)
+# A bare value ends at a blank, a quote, a comma or a tag; a semicolon
+# inside it (`p@ss;w0rd!`) is part of it.
+_VALUE = (
+    r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'"
+    r"|(?P<bare>[^\s\"',;<]{1,256}(?:;[^\s\"',;<]{1,64})?))"
+)
 _ASSIGNMENT = re.compile(
-    trie_pattern(_KEY_NAMES, dict.fromkeys(_KEY_NAMES, ""), guard="(?<![a-z0-9].)")
-    + rf"[\"']?[ \t]{{0,8}}{_OPERATOR}[ \t]{{0,8}}{_VALUE}"
+    trie_pattern(_KEY_NAMES, dict.fromkeys(_KEY_NAMES, "")) + _SUFFIX + _BETWEEN + _VALUE
 )
 # Credentials in a URL's user info: scheme://user:password@host.
-_URL_PASSWORD = re.compile(r"://[^\s/:@]{1,64}:(?P<value>[^\s/@]{1,128})@")
+# The user may be empty (`redis://:password@host`).
+_URL_PASSWORD = re.compile(r"://[^\s/:@]{0,64}:(?P<value>[^\s/@\"';]{1,128})@")
 # Sentence punctuation after a bare value; "!" and "?" are common in passwords.
 _TRAILING_PUNCTUATION = ".,;:)]}>"
 # Values that stand for a secret rather than being one.
@@ -181,7 +254,7 @@ _TOKEN_MARKERS = sorted({m for t in _TOKENS for m in t.markers})
 _TAIL = re.compile(
     r"(?<![A-Za-z0-9])(?:"
     + "|".join(re.escape(m) for m in _TOKEN_MARKERS)
-    + r")[A-Za-z0-9_.-]{0,9010}\Z"
+    + r")[A-Za-z0-9_./+=-]{0,9010}\Z"
     + r"|(?<![A-Za-z0-9])(?:"
     + prefix_pattern(_TOKEN_MARKERS)
     + r")\Z"
@@ -191,21 +264,24 @@ _TAIL_WINDOW = 9010
 # What the tail is made of: tried only inside the text's trailing run of
 # these, as from each marker in a window of markers the rest of the window
 # was read again (9,000 characters of "sk-" and a "!" took 190 ms a call).
-_TAIL_RUN = (string.ascii_letters + string.digits + "_.-",)
+_TAIL_RUN = (string.ascii_letters + string.digits + "_./+=-",)
 # URL user info still arriving: "://user:pa", or the "://" itself.
 _URL_TAIL = re.compile(r":(?:/(?:/[^\s/:@]{0,64}(?::[^\s/@]{0,128})?)?)?\Z")
 _URL_TAIL_WINDOW = 196
+_OPEN_VALUE = r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;<]{0,256})"
 _ASSIGNMENT_TAIL = re.compile(
-    r"(?<![A-Za-z0-9])(?:"
+    r"(?:"
     + prefix_pattern(_KEY_NAMES)
     + r"|(?:"
     + "|".join(re.escape(k) for k in _KEY_NAMES)
-    + rf")[\"']?[ \t]{{0,8}}(?:{_OPERATOR}[ \t]{{0,8}}"
-    + r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;]{0,256})|[ \t](?:i|wa?))?)\Z",
+    + rf"){_SUFFIX}(?:[\"']?[ \t]{{0,8}}(?:{_OPERATOR}[ \t]{{0,8}}{_OPEN_VALUE}"
+    + r"|[!:?=]{1,2}|,[ \t]{0,8}(?:[\"'][^\"'\n]{0,256})?|[ \t](?:i|wa?))?"
+    + r"|[ \t]{1,8}(?:[\"'][^\"'\n]{0,256})?|>[^<\s]{0,256}<?)?)\Z",
     re.IGNORECASE,
 )
-# Key name (11) + quote + blanks, operator, blanks (8 + 21 + 8) + quote and value (257).
-_ASSIGNMENT_WINDOW = 306
+# Key name (11) + suffix (24) + quote + blanks, operator, blanks (8 + 21 + 8)
+# + quote and value (257).
+_ASSIGNMENT_WINDOW = 330
 # A private key is the whole block from its BEGIN line through the END line
 # of the same kind that follows within _KEY_BODY characters; a block cut short
 # (no END) still counts: its BEGIN line and the base64 lines after it.
@@ -240,7 +316,8 @@ def _value_ok(raw: str, value: str, quoted: bool) -> bool:
     symbolic = any(c.isdigit() or not (c.isalpha() or c in "_.") for c in value)
     if quoted:
         return len(value) >= 8 or (symbolic and len(value) >= 4)
-    return len(value) >= 6 and symbolic and not _CODE.fullmatch(value)
+    # Bare digits are counts and limits (`max_tokens=100000`), not credentials.
+    return len(value) >= 6 and symbolic and not value.isdigit() and not _CODE.fullmatch(value)
 
 
 def _find_keys(text: str, at: int, out: list[Span]) -> None:
@@ -324,7 +401,15 @@ class SecretsFilter:
                         _find_token(token, marker, text, at, found)
         if self._keys and (at := text.find(_BEGIN_LINE)) >= 0:
             _find_keys(text, at, found)
-        if self._passwords and ("=" in text or ":" in text or " is" in text or " was" in text):
+        if self._passwords and (
+            "=" in text
+            or ":" in text
+            or '"' in text
+            or "'" in text
+            or ">" in text
+            or " is" in text
+            or " was" in text
+        ):
             lowered = fold_case(text)
             if _has_key_marker(lowered):
                 self._scan_assignments(text, lowered, found)
@@ -345,6 +430,12 @@ class SecretsFilter:
             if group == "bare":
                 while end > start and text[end - 1] in _TRAILING_PUNCTUATION:
                     end -= 1
+            if (m.group("blank") is not None or m.group("comma") is not None) and " " in m.group(
+                group
+            ):
+                # Without an operator a quoted phrase is prose or a message
+                # (`tokens "each word"`, `print("password", "is wrong")`).
+                continue
             if _value_ok(m.group(group), lowered[start:end], quoted=group != "bare"):
                 found.append(Span("PASSWORD", start, end, _PASSWORD_SCORE))
 
