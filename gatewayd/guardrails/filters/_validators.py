@@ -11,6 +11,7 @@ import ipaddress
 # Payment card issuer prefixes (IIN ranges) with the lengths each brand issues.
 # Ranges are inclusive and compared on the first len(str(lo)) digits.
 _CARD_BRANDS: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (1, 1, frozenset({15})),  # UATP
     (4, 4, frozenset({13, 16, 19})),  # Visa
     (51, 55, frozenset({16})),  # Mastercard
     (2221, 2720, frozenset({16})),  # Mastercard 2-series
@@ -66,8 +67,9 @@ def card_ok(candidate: str) -> bool:
         if sep == " " and "-" in candidate:
             return False
         groups = candidate.split(sep)
-        # 4-4-4-4(-3), 4-6-5 (Amex), 4-6-4 (Diners); the last group may be short.
-        if len(groups[0]) != 4 or any(len(g) not in (4, 6) for g in groups[1:-1]):
+        # 4-4-4-4(-3), 4-6-5 (Amex), 4-6-4 (Diners), 4-5-6 (UATP); the last
+        # group may be short.
+        if len(groups[0]) != 4 or any(len(g) not in (4, 5, 6) for g in groups[1:-1]):
             return False
         if not 1 <= len(groups[-1]) <= 6:
             return False

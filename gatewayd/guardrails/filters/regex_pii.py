@@ -34,7 +34,10 @@ _A = re.ASCII
 # Emails are found from their '@': the local part backwards, the domain forwards.
 _LOCAL = string.ascii_letters + string.digits + "._%+-"
 _NOT_LOCAL = re.compile(r"[^A-Za-z0-9._%+-]")
-_DOMAIN = re.compile(r"(?:[A-Za-z0-9-]{1,63}\.){1,6}[A-Za-z]{2,24}(?![A-Za-z0-9-])", _A)
+# A top-level domain is letters, or punycode for one that is not (xn--p1ai).
+_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9-]{1,63}\.){1,6}(?:[A-Za-z]{2,24}|xn--[A-Za-z0-9-]{1,59})(?![A-Za-z0-9-])", _A
+)
 
 # Where numeric findings can be: a run of digits and the separators numbers
 # are written with, long enough for a phone number or an IPv4 address (every
@@ -65,7 +68,7 @@ PHONE = re.compile(
 )
 CARD = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w]|[.,-]\d)", _A)
 SSN = re.compile(
-    r"(?<![\w-])(?P<area>\d{3})(?P<sep>[- ]?)(?P<group>\d{2})(?P=sep)(?P<serial>\d{4})"
+    r"(?<![\w-])(?P<area>\d{3})(?P<sep>[-. ]?)(?P<group>\d{2})(?P=sep)(?P<serial>\d{4})"
     r"(?![\w]|-\d)",
     _A,
 )
@@ -133,7 +136,8 @@ def _accept_ssn(text: str, m: re.Match[str]) -> int | None:
         return None
     if m.group("sep") == "-":
         return m.end()
-    # Nine bare digits are too often something else: ask for words that say SSN.
+    # Nine bare digits (or spaced, or dotted) are too often something else:
+    # ask for words that say SSN.
     start = m.start()
     context = text[max(0, start - _SSN_CONTEXT_WINDOW) : start]
     return m.end() if _SSN_CONTEXT.search(context) else None
@@ -295,8 +299,8 @@ def _find_emails(text: str, out: list[Span], urls: bool) -> None:
 
 
 def _find_ipv6(text: str, out: list[Span]) -> None:
-    if text.count(":") >= 7:
-        # Perhaps a full eight-group address: no "::" to start from.
+    if text.count(":") >= 6:
+        # Perhaps a full address (eight groups, or six and an IPv4 tail): no "::" to start from.
         _find("IP_ADDRESS", IPV6, _accept_ipv6, text, out)
         return
     # Every other address has a "::"; its start is at most 39 characters back.
@@ -346,7 +350,7 @@ class PiiFilter:
             if self._anchors:
                 self._scan_anchors(text, found)
             # ipv6_ok wants a digit too.
-            if self._ipv6 and ":" in text and ("::" in text or text.count(":") >= 7):
+            if self._ipv6 and ":" in text and ("::" in text or text.count(":") >= 6):
                 _find_ipv6(text, found)
         for entity, pattern in self._custom:
             for m in pattern.finditer(text):

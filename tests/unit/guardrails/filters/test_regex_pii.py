@@ -38,6 +38,13 @@ def test_build_filter_makes_an_inline_filter_from_config() -> None:
         ("GB82 WEST 1234 5698 7654 32", "IBAN_CODE", "GB82 WEST 1234 5698 7654 32"),
         ("at 203.0.113.7:22", "IP_ADDRESS", "203.0.113.7"),
         ("at [2001:db8::7]:22", "IP_ADDRESS", "2001:db8::7"),
+        ("to ivan@example.xn--p1ai now", "EMAIL_ADDRESS", "ivan@example.xn--p1ai"),
+        ("uatp 1220 00000 000003", "CREDIT_CARD", "1220 00000 000003"),
+        ("uatp 122000000000003", "CREDIT_CARD", "122000000000003"),
+        ("pay DE89-3704-0044-0532-0130-00", "IBAN_CODE", "DE89-3704-0044-0532-0130-00"),
+        ("SSN: 536.22.8147", "US_SSN", "536.22.8147"),
+        ("v6 2001:db8:0:0:0:0:192.0.2.1 x", "IP_ADDRESS", "2001:db8:0:0:0:0:192.0.2.1"),
+        ("mapped ::ffff:192.0.2.128 x", "IP_ADDRESS", "::ffff:192.0.2.128"),
     ],
 )
 def test_each_entity_is_found_with_its_exact_value(text: str, entity: str, value: str) -> None:
@@ -55,6 +62,7 @@ def test_each_entity_is_found_with_its_exact_value(text: str, entity: str, value
         "QQ89 3704 0044 0532 0130 00",  # no such country
         "666-12-3456 000-12-3456 900-12-3456 123-00-4567 123-45-0000",
         "order 536228147",  # nine digits, nothing says SSN
+        "part 536.22.8147",  # dotted, nothing says SSN
         "version 1.2.3.4 and build 10.0.19045.2965 and 1.2.3.4.5",
         "256.1.1.1 and 01.2.3.4",
         "123-456-7890",  # area codes never start with 1
