@@ -19,19 +19,26 @@ from gatewayd.exchange import error_response
 from gatewayd.headers import REQUEST_ID, request_id_from
 from gatewayd.observability import health, metrics
 from gatewayd.proxy import Handler, make_handler
+from gatewayd.ratelimit.limiter import Limiter
 from gatewayd.runtime import RuntimeHolder
 
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
 AUDIT = web.AppKey("audit", AuditWriter)
+LIMITER = web.AppKey("limiter", Limiter)
 
 
-def make_app(holder: RuntimeHolder, audit: AuditWriter) -> web.Application:
-    """The gateway's application around an (unstarted) runtime and audit writer."""
+def make_app(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) -> web.Application:
+    """The gateway's application around an (unstarted) runtime, audit writer and limiter.
+
+    The limiter is the process's, not the runtime's: its budgets outlive reloads.
+    """
     app = web.Application(handler_args={"max_field_size": 16384})
     app[RUNTIME] = holder
     app[AUDIT] = audit
-    app[health.HEALTH] = health.HealthSources(holder, audit)
+    app[LIMITER] = limiter
+    app[health.HEALTH] = health.HealthSources(holder, audit, limiter)
     app.cleanup_ctx.append(_audit_ctx)
+    app.cleanup_ctx.append(_limiter_ctx)
     app.cleanup_ctx.append(_runtime_ctx)
     # The gateway's own paths: GET (and so HEAD), never proxied.
     reserved: tuple[tuple[str, Handler], ...] = (
@@ -45,7 +52,7 @@ def make_app(holder: RuntimeHolder, audit: AuditWriter) -> web.Application:
         # Without this, other methods fall through to the catch-all below and
         # are forwarded upstream.
         app.router.add_route("*", path, _reserved_method)
-    app.router.add_route("*", "/{tail:.*}", make_handler(holder, audit))
+    app.router.add_route("*", "/{tail:.*}", make_handler(holder, audit, limiter))
     return app
 
 
@@ -62,6 +69,13 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.start()
     yield
     await writer.close()
+
+
+async def _limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+    limiter = app[LIMITER]
+    await limiter.start()
+    yield
+    await limiter.close()
 
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:

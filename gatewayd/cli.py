@@ -5,6 +5,7 @@ gatewayd [-c PATH]                  load PATH, then run until stopped
 gatewayd -c PATH --check-config     print problems as PATH:LINE: key: message; exit 0/1
 gatewayd -c PATH audit tail [-n N] [--follow]   recent audit events as JSON lines
 gatewayd -c PATH audit replay       drain the audit spool into the database
+gatewayd keygen NAME                print a new client key once, and its config lines
 gatewayd --version
 """
 
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many (10)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     actions.add_parser("replay", help="store the spooled events in the database now")
+    keygen = commands.add_parser(
+        "keygen", help="print a new client key once, and the config lines to paste"
+    )
+    keygen.add_argument("name", help="the client's name under clients:")
     return parser
 
 
@@ -65,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(f"gatewayd {__version__}")
         return 0
+    if args.command == "keygen":
+        # Needs no config: the key is for a config yet to be written.
+        from gatewayd.keygen import keygen
+
+        status, text = keygen(args.name)
+        print(text, file=sys.stdout if status == 0 else sys.stderr)
+        return status
     path = args.config or os.environ.get("GATEWAYD_CONFIG") or DEFAULT_CONFIG
     try:
         config = load(path)

@@ -36,10 +36,11 @@ from gatewayd import __version__, systemd
 from gatewayd.app import make_app
 from gatewayd.audit.writer import AuditWriter
 from gatewayd.config import load
-from gatewayd.config.schema import Config, ServerConfig, TlsConfig
+from gatewayd.config.schema import Config, RateLimitConfig, ServerConfig, TlsConfig
 from gatewayd.errors import ConfigError
 from gatewayd.observability import health, metrics
 from gatewayd.observability import logging as gw_logging
+from gatewayd.ratelimit.limiter import Limiter
 from gatewayd.runtime import Runtime, RuntimeHolder, build_runtime
 from gatewayd.tls import Prepared, TlsError, TlsListener, expiry_warning
 
@@ -231,6 +232,7 @@ class Daemon:
         self._sockets = sockets
         self._holder = RuntimeHolder(build_runtime(config, self._generation))
         self._audit = AuditWriter(config.audit)
+        self._limiter = Limiter(config.ratelimit)
         self._tls: TlsListener | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -250,7 +252,7 @@ class Daemon:
                 return 1
             _warn_expiry(tls)
             metrics.TLS_CERT_EXPIRY.set(self._tls.info.not_after.timestamp())
-        app = make_app(self._holder, self._audit)
+        app = make_app(self._holder, self._audit, self._limiter)
         app[health.HEALTH].tls = self._tls
         if self._max_requests is not None:
             app.on_response_prepare.append(self._count)
@@ -352,10 +354,12 @@ class Daemon:
         deadline = loop.time() + self._holder.current.config.server.shutdown_timeout
         while runner.server is not None and runner.server.connections and loop.time() < deadline:
             try:
-                # A signal (TERM) during the wait ends it at once.
-                return await asyncio.wait_for(self._events.get(), RETIRE_POLL)
+                event = await asyncio.wait_for(self._events.get(), RETIRE_POLL)
             except TimeoutError:
                 continue
+            # TERM or INT ends the wait at once; a reload is pointless now.
+            if event is not signal.SIGHUP:
+                return event
         return "retire"
 
     async def reload(self) -> bool:
@@ -427,6 +431,13 @@ def _warn_static(old: Config, new: Config) -> None:
         log.warning("server.tls added or removed: restart gatewayd to apply it")
     if old.audit != new.audit:
         log.warning("audit settings changed: restart gatewayd to apply them")
+    if _limiter_backend(old.ratelimit) != _limiter_backend(new.ratelimit):
+        log.warning("the rate limiter's backend changed: restart gatewayd to apply it")
+
+
+def _limiter_backend(config: RateLimitConfig) -> tuple[object, ...]:
+    """What the process's limiter was built from; the limits themselves reload."""
+    return (config.backend, config.redis_url, config.redis_timeout, config.max_keys)
 
 
 def _warn_expiry(tls: TlsConfig) -> None:

@@ -9,6 +9,11 @@ at the boundary where they happen (`raise ... from exc`).
     │   ├── MethodNotAllowed         405 method_not_allowed (+ Allow)
     │   ├── RequestTimeout           408 request_timeout (a slow client)
     │   ├── RequestTooLarge          413 request_too_large
+    │   ├── InvalidApiKey            401 invalid_api_key (+ WWW-Authenticate)
+    │   ├── ModelNotAllowed          403 model_not_allowed
+    │   ├── RateLimited              429 rate_limit_exceeded (+ Retry-After)
+    │   ├── RateLimiterUnavailable   503 rate_limiter_unavailable (Redis failed,
+    │   │                            on_backend_error=deny); `kind` says why
     │   ├── GuardrailViolation       400 guardrail_violation (a policy blocked it)
     │   ├── GuardrailUnavailable     503 guardrail_unavailable (a filter failed, on_error=block)
     │   ├── UnreadableAnswer         502 unsupported_response (an answer the policy cannot read)
@@ -148,6 +153,45 @@ class RequestTooLarge(HTTPError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class InvalidApiKey(HTTPError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    headers: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Bearer realm="gatewayd"'})
+
+
+class ModelNotAllowed(HTTPError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class RateLimited(HTTPError):
+    """A budget is spent. `type` names the limit, as OpenAI's own 429s do
+    (requests, tokens), so clients can tell a request limit from a token one."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, headers: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.type = limit
+        self.headers = headers
+
+
+class RateLimiterUnavailable(HTTPError):
+    """The shared limiter (Redis) failed and ratelimit.on_backend_error is deny.
+    `kind` is a fixed word for metrics and logs (timeout, connection, error)."""
+
+    status = 503
+    type = "server_error"
+    code = "rate_limiter_unavailable"
+
+    def __init__(self, kind: str) -> None:
+        super().__init__("the rate limiter is unavailable; try again shortly")
+        self.kind = kind
 
 
 class GuardrailUnavailable(HTTPError):

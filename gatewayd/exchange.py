@@ -8,8 +8,6 @@ away).
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,12 +17,12 @@ from aiohttp import web
 
 from gatewayd.audit.event import AuditEvent
 from gatewayd.audit.writer import AuditWriter
-from gatewayd.config.schema import ServerConfig
 from gatewayd.errors import HTTPError
 from gatewayd.guardrails.types import Summary
 from gatewayd.headers import REQUEST_ID
 from gatewayd.observability import metrics
 from gatewayd.observability.logging import ACCESS
+from gatewayd.ratelimit.limiter import Grant
 
 # nginx's code for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
@@ -43,8 +41,14 @@ class Exchange(AuditEvent):
     # Response headers already went out: a failure can no longer become an
     # error response, only an error event (SSE) or a cut connection.
     prepared: bool = False
-    # Model, stream flag and token counts are read only for the audit event.
+    # Model, stream flag and token counts are read for the audit event, and
+    # token counts for settling a token reservation.
     audited: bool = True
+    counts_tokens: bool = False
+    # What the rate limiter let this request take, given back when it ends.
+    grant: Grant | None = None
+    # The upstream was asked and answered 2xx: tokens may have been spent.
+    generated: bool = False
 
 
 def action_of(summary: Summary | None) -> str:
@@ -66,35 +70,7 @@ def error_response(exc: HTTPError, request_id: str) -> web.Response:
     )
 
 
-def client_identity(request: web.Request, server: ServerConfig) -> str:
-    """Who is asking, without naming them: a hash of the bearer key, else the IP.
-
-    X-Forwarded-For is believed only from a trusted proxy, and then its
-    right-most address that is not itself a trusted proxy.
-    """
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer " and len(auth) > 7:
-        return "key:" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:16]
-    peer = request.remote or ""
-    if server.trusted_proxies and _trusted(peer, server):
-        for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
-            hop = hop.strip()
-            if hop and not _trusted(hop, server):
-                return "ip:" + hop
-    return "ip:" + peer
-
-
-def _trusted(address: str, server: ServerConfig) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in server.trusted_proxies)
-
-
-async def record(
-    ex: Exchange, request: web.Request, server: ServerConfig, audit: AuditWriter
-) -> None:
+async def record(ex: Exchange, audit: AuditWriter) -> None:
     """The request is over: count it, log one access line, queue its audit event.
 
     Returns at once unless the audit queue is full and audit.on_full is block.
@@ -111,6 +87,7 @@ async def record(
             extra={
                 "fields": {
                     "request_id": ex.request_id,
+                    "client": ex.client,
                     "method": ex.method,
                     "path": ex.path,
                     "route": ex.route,
@@ -125,7 +102,6 @@ async def record(
     if not audit.enabled:
         return
     ex.ts = time.time()
-    ex.client = client_identity(request, server)
     if ex.upstream_ms is not None:
         ex.upstream_ms = round(ex.upstream_ms, 3)
     if ex.summary is not None:

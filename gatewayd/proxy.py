@@ -1,6 +1,7 @@
 """The catch-all handler: the whole request path, top to bottom.
 
-    method -> normalise path -> route -> read body (bounded) -> input guardrails
+    identity (401) -> method -> normalise path -> route -> read body (bounded)
+    -> model allow-list (403) -> rate limits (429) -> input guardrails
     -> upstream (breaker, retries, pool) -> output guardrails -> client
 
 Bodies nobody changed are forwarded as the bytes that arrived; JSON is parsed
@@ -27,8 +28,12 @@ from gatewayd.errors import (
     GuardrailUnavailable,
     GuardrailViolation,
     HTTPError,
+    InvalidApiKey,
     MethodNotAllowed,
+    ModelNotAllowed,
     NotFound,
+    RateLimited,
+    RateLimiterUnavailable,
     RequestTimeout,
     RequestTooLarge,
     UnreadableUpstreamAnswer,
@@ -38,7 +43,7 @@ from gatewayd.errors import (
 )
 from gatewayd.exchange import CLIENT_CLOSED, Exchange, error_response, record
 from gatewayd.guardrails import endpoints
-from gatewayd.guardrails.payload import read_payload
+from gatewayd.guardrails.payload import Payload, read_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
 from gatewayd.guardrails.types import Verdict
 from gatewayd.headers import (
@@ -46,7 +51,11 @@ from gatewayd.headers import (
     client_response_headers,
     request_id_from,
 )
+from gatewayd.identity import Identity, identify
 from gatewayd.observability.metrics import UNREADABLE_ANSWERS, child
+from gatewayd.ratelimit import tokens
+from gatewayd.ratelimit.limiter import Limiter, Plan
+from gatewayd.ratelimit.tokens import UsageEventStrip
 from gatewayd.routing import normalize_path
 from gatewayd.runtime import Runtime, RuntimeHolder
 from gatewayd.upstream.fallback import send_routed
@@ -67,8 +76,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _FORWARDED_METHODS = frozenset({"GET", "POST", "DELETE"})
 
 
-def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
-    """The catch-all handler, bound to the live runtime and the audit writer."""
+def make_handler(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) -> Handler:
+    """The catch-all handler, bound to the live runtime, the audit writer and the limiter."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         """One proxied request, start to end: every way it can end is accounted."""
@@ -79,10 +88,11 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
         ex.audited = audit.enabled
         try:
             with runtime.serving():
-                response = await _proxy(request, runtime, ex)
+                response = await _proxy(request, runtime, limiter, ex)
         except (asyncio.CancelledError, ConnectionResetError):
             ex.status, ex.error = CLIENT_CLOSED, "client_closed"
-            await record(ex, request, runtime.config.server, audit)
+            await _settle(limiter, ex)
+            await record(ex, audit)
             raise
         except Exception as exc:
             if isinstance(exc, HTTPError):
@@ -93,25 +103,38 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter) -> Handler:
                 log.exception("unhandled error", extra={"fields": {"request_id": ex.request_id}})
                 error = HTTPError("the gateway failed to handle the request")
             ex.error = error.code
+            await _settle(limiter, ex)
             if ex.prepared:
                 # Status and headers are out. Re-raised, aiohttp closes the
                 # connection: the client sees an incomplete body, not a whole one.
-                await record(ex, request, runtime.config.server, audit)
+                await record(ex, audit)
                 raise
             response = error_response(error, ex.request_id)
             if error.status in (408, 413):
                 # The rest of the body may still be coming: don't read it to
                 # keep the connection.
                 response.force_close()
+        else:
+            await _settle(limiter, ex)
         ex.status = response.status
-        await record(ex, request, runtime.config.server, audit)
+        await record(ex, audit)
         return response
 
     return handle
 
 
-async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
-    """Route, guard, forward and relay one request on one config generation."""
+async def _proxy(
+    request: web.Request, runtime: Runtime, limiter: Limiter, ex: Exchange
+) -> web.StreamResponse:
+    """Identify, route, limit, guard, forward and relay one request on one config generation."""
+    identity = identify(request, runtime.config, runtime.clients)
+    ex.client = identity.name
+    if identity.client is None and runtime.config.auth.require_client_key:
+        raise InvalidApiKey(
+            "the client key is not known"
+            if identity.has_key
+            else "a client key is required: send it as Authorization: Bearer KEY"
+        )
     if request.method not in _FORWARDED_METHODS:
         raise MethodNotAllowed(f"{request.method} is not forwarded: use GET, POST or DELETE")
     path, _, query = request.raw_path.partition("?")
@@ -126,13 +149,35 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
 
     body = await read_body(request, runtime.config.server)
     ex.bytes_in = len(body)
-    checked: RequestResult | None = None
+    plan = runtime.budgets.plan(route, identity)
+    models = identity.client is not None and identity.client.models is not None
+    endpoint, payload, doc = None, None, None
     if guard is not None:
         ex.policy = guard.policy.name
-        checked = await _inspect(request, body, guard, match.upstream_path, ex)
+        endpoint = endpoints.find(request.method, match.upstream_path)
+        if endpoint is not None:
+            payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
+            doc = payload.doc
+    elif body and (
+        (plan is not None and plan.tokens is not None)
+        or models
+        or (ex.audited and _is_json(request.content_type))
+    ):
+        doc = _parse_unguarded(body)
+    _record_request(ex, doc)
+    if models:
+        _check_model(runtime, identity, doc, body)
+    strip = None
+    if plan is not None:
+        strip = await _limit(limiter, runtime, plan, identity, match.upstream_path, body, doc, ex)
+    checked: RequestResult | None = None
+    if guard is not None:
+        checked = await _inspect(body, guard, endpoint, payload, ex)
         body = checked.body
-    elif ex.audited and body and _is_json(request.content_type):
-        _record_request(ex, _parse_unguarded(body))
+    if strip is not None and doc is not None:
+        # Asked for on the client's behalf, after the guardrails read what it sent.
+        doc["stream_options"] = {**(doc.get("stream_options") or {}), "include_usage": True}
+        body = orjson.dumps(doc)
 
     output_guard = (
         guard if checked is not None and guard is not None and guard.wants_answer(checked) else None
@@ -152,18 +197,21 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
     ex.attempts, ex.upstream_ms, ex.upstream = sent.attempts, sent.upstream_ms, sent.upstream
     upstream_config = runtime.upstreams[sent.upstream].config
     response = sent.response
+    ex.generated = 200 <= response.status < 300
     try:
         out_headers = client_response_headers(response.headers, upstream_config)
         out_headers[REQUEST_ID] = ex.request_id
+        if ex.grant is not None:
+            out_headers.update(ex.grant.headers())
         media = _media_type(response.headers.get("Content-Type", ""))
         if output_guard is not None and checked is not None and 200 <= response.status < 300:
             result = await _relay_read(
-                request, response, out_headers, media, output_guard, checked, ex
+                request, response, out_headers, media, output_guard, checked, ex, strip
             )
         elif media == _SSE:
             chunks = _upstream_chunks(response, ex)
             result = await _relay_stream(
-                request, response, chunks, out_headers, output_guard, checked, ex
+                request, response, chunks, out_headers, output_guard, checked, ex, strip
             )
         else:
             # Errors and redirects too: they carry no model output, at most
@@ -177,6 +225,77 @@ async def _proxy(request: web.Request, runtime: Runtime, ex: Exchange) -> web.St
             response.release()
         else:
             response.close()
+
+
+def _check_model(
+    runtime: Runtime, identity: Identity, doc: dict[str, Any] | None, body: bytes
+) -> None:
+    """403 unless the request's model is on its client's list (checked before any upstream)."""
+    client = identity.client
+    assert client is not None
+    if doc is None:
+        if not body:
+            return
+        raise ModelNotAllowed(
+            f"client {client.name} may use only its listed models, and this request's"
+            " model cannot be read: send a JSON body"
+        )
+    model = doc.get("model")
+    if model is None:
+        return
+    if not isinstance(model, str) or not runtime.clients.allows(client, model):
+        # The model is not quoted: it is the client's text.
+        raise ModelNotAllowed(f"client {client.name} may not use the model it asked for")
+
+
+async def _limit(
+    limiter: Limiter,
+    runtime: Runtime,
+    plan: Plan,
+    identity: Identity,
+    upstream_path: str,
+    body: bytes,
+    doc: dict[str, Any] | None,
+    ex: Exchange,
+) -> UsageEventStrip | None:
+    """Take the request's budgets (or refuse it); the usage-event strip a token
+    limit needs on a stream that did not ask for its usage, else None."""
+    config = runtime.budgets.config
+    cost = 0
+    if plan.tokens is not None:
+        cost = tokens.reservation(doc, len(body), upstream_path, config.default_max_tokens)
+    try:
+        grant = await limiter.acquire(plan, identity, cost, config, ex.route or "")
+    except RateLimited as exc:
+        ex.ratelimit = f"refused:{exc.type}"
+        raise
+    except RateLimiterUnavailable:
+        ex.ratelimit = "unavailable"
+        raise
+    refused = grant.answer.refused
+    ex.grant, ex.ratelimit = grant, f"shadow:{refused}" if refused else "allowed"
+    if plan.tokens is None:
+        return None
+    ex.counts_tokens = True
+    return UsageEventStrip() if tokens.wants_usage_event(doc, upstream_path) else None
+
+
+async def _settle(limiter: Limiter, ex: Exchange) -> None:
+    """Give back what the request took: its slot, and tokens it reserved but did not use."""
+    grant = ex.grant
+    if grant is None:
+        return
+    ex.grant = None
+    used: int | None
+    if ex.prompt_tokens is not None or ex.completion_tokens is not None:
+        used = (ex.prompt_tokens or 0) + (ex.completion_tokens or 0)
+    elif not ex.generated:
+        # Refused before the upstream, or answered with an error: nothing generated.
+        used = 0
+    else:
+        # A 2xx answer that did not say, or a stream cut short: the reservation stands.
+        used = None
+    await limiter.settle(grant, used)
 
 
 async def read_body(request: web.Request, server: ServerConfig) -> bytes:
@@ -220,20 +339,21 @@ def _is_json(media: str) -> bool:
 
 
 async def _inspect(
-    request: web.Request, body: bytes, guard: Guard, upstream_path: str, ex: Exchange
+    body: bytes,
+    guard: Guard,
+    endpoint: endpoints.Endpoint | None,
+    payload: Payload | None,
+    ex: Exchange,
 ) -> RequestResult:
-    """The input stage of a guarded route: the body read as its endpoint takes it.
+    """The input stage of a guarded route: the body as its endpoint takes it.
 
-    A body that is not what the endpoint takes (JSON labelled anything, a
-    multipart form, nothing) is refused rather than passed unchecked, and so
-    is an endpoint no shape describes unless the policy says `unknown: allow`.
+    `read_payload` already refused a body that is not what the endpoint takes
+    (JSON labelled anything, a multipart form, nothing); an endpoint no shape
+    describes is refused too, unless the policy says `unknown: allow`.
     """
-    endpoint = endpoints.find(request.method, upstream_path)
-    if endpoint is None:
+    if endpoint is None or payload is None:
         checked = guard.unknown_endpoint(body)
     else:
-        payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
-        _record_request(ex, payload.doc)
         checked = await guard.inspect_request(body, payload)
     ex.summary = checked.summary
     _enforce(checked.verdict, guard, "request")
@@ -297,8 +417,11 @@ def _stream_usage(tail: bytes) -> dict[str, Any] | None:
 
 
 def _record_usage(ex: Exchange, usage: object) -> None:
+    """Token counts, named as chat and completions (prompt, completion) or
+    responses (input, output) name them."""
     if isinstance(usage, dict):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
         ex.prompt_tokens = prompt if isinstance(prompt, int) else None
         ex.completion_tokens = completion if isinstance(completion, int) else None
 
@@ -320,7 +443,7 @@ async def _relay_plain(
     if length is not None and length <= _BUFFER_LIMIT:
         raw = await response.read()
         ex.bytes_out = len(raw)
-        if ex.audited and response.ok and _is_json(media):
+        if (ex.audited or ex.counts_tokens) and response.ok and _is_json(media):
             _record_usage(ex, usage_of(raw))
         return web.Response(status=response.status, body=raw, headers=out_headers)
     out = web.StreamResponse(status=response.status, headers=out_headers)
@@ -343,6 +466,7 @@ async def _relay_read(
     guard: Guard,
     checked: RequestResult,
     ex: Exchange,
+    strip: UsageEventStrip | None,
 ) -> web.StreamResponse:
     """A successful (2xx) answer the guard reads, and so must be able to read.
 
@@ -358,7 +482,9 @@ async def _relay_read(
         _settle_unreadable(guard, ex, "encoding", "it is in an encoding they cannot undo")
         if media == _SSE:
             unread = _upstream_chunks(response, ex)
-            return await _relay_stream(request, response, unread, out_headers, None, None, ex)
+            return await _relay_stream(
+                request, response, unread, out_headers, None, None, ex, strip
+            )
         return await _relay_plain(request, response, out_headers, media, ex)
     # None while the answer can be read as it came, whole or streamed.
     chunks: AsyncIterator[bytes] | None = None
@@ -373,7 +499,9 @@ async def _relay_read(
             media = _SSE
     if media == _SSE:
         chunks = chunks or _upstream_chunks(response, ex)
-        return await _relay_stream(request, response, chunks, out_headers, guard, checked, ex)
+        return await _relay_stream(
+            request, response, chunks, out_headers, guard, checked, ex, strip
+        )
     # read() is several microseconds quicker than joining the chunks.
     raw = await response.read() if chunks is None else b"".join([c async for c in chunks])
     # A file's content is not parsed: the guard settles it by its endpoint.
@@ -489,8 +617,13 @@ async def _relay_stream(
     guard: Guard | None,
     checked: RequestResult | None,
     ex: Exchange,
+    strip: UsageEventStrip | None,
 ) -> web.StreamResponse:
-    """An SSE answer, event by event as the upstream produces them."""
+    """An SSE answer, event by event as the upstream produces them.
+
+    `strip` takes out the usage event the gateway asked for on the client's
+    behalf (to settle a token reservation) and keeps its usage.
+    """
     ex.stream = True
     stream_guard = guard.stream(checked) if guard is not None and checked is not None else None
     _summarise(out_headers, guard, ex)
@@ -502,6 +635,8 @@ async def _relay_stream(
     try:
         async for chunk in chunks:
             data = await stream_guard.feed(chunk) if stream_guard is not None else chunk
+            if strip is not None:
+                data = strip.feed(data)
             if data:
                 await out.write(data)
                 ex.bytes_out += len(data)
@@ -513,12 +648,17 @@ async def _relay_stream(
                     else GuardrailViolation.code
                 )
                 break
-        if stream_guard is not None and (tail := await stream_guard.finish()):
+        tail = await stream_guard.finish() if stream_guard is not None else b""
+        if strip is not None:
+            tail = strip.feed(tail) + strip.finish()
+        if tail:
             await out.write(tail)
             ex.bytes_out += len(tail)
             previous, last = last, tail
         await out.write_eof()
-        if ex.audited:
+        if strip is not None:
+            _record_usage(ex, strip.usage)
+        elif ex.audited or ex.counts_tokens:
             _record_usage(ex, _stream_usage(previous + last))
     except UpstreamError as exc:
         # Headers are out: the stream ends with the error as its last event.

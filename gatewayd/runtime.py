@@ -20,6 +20,8 @@ from gatewayd.config.schema import Config
 from gatewayd.guardrails.filters import build_filter
 from gatewayd.guardrails.pipeline import Guard
 from gatewayd.guardrails.types import Filter
+from gatewayd.identity import Clients
+from gatewayd.ratelimit.limiter import Budgets
 from gatewayd.routing import RouteTable
 from gatewayd.upstream.client import Upstream
 
@@ -43,6 +45,8 @@ class Runtime:
     upstreams: Mapping[str, Upstream]
     filters: Mapping[str, Filter]
     guards: Mapping[str, Guard]
+    clients: Clients
+    budgets: Budgets
     _inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -114,6 +118,8 @@ def build_runtime(config: Config, generation: int) -> Runtime:
         upstreams=MappingProxyType({n: Upstream(u) for n, u in config.upstreams.items()}),
         filters=MappingProxyType(filters),
         guards=MappingProxyType(guards),
+        clients=Clients(config.clients),
+        budgets=Budgets(config),
     )
 
 

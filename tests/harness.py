@@ -15,6 +15,7 @@ from gatewayd.audit.writer import AuditWriter
 from gatewayd.config import load
 from gatewayd.config.schema import Config
 from gatewayd.daemon import make_runner
+from gatewayd.ratelimit.limiter import Limiter
 from gatewayd.runtime import RuntimeHolder, build_runtime
 
 
@@ -36,7 +37,7 @@ def write_config(directory: Path, text: str, name: str = "gatewayd.yaml") -> Con
 async def running_gateway(config: Config) -> AsyncIterator[Gateway]:
     """A gateway on an ephemeral loopback port, torn down like the daemon does."""
     holder = RuntimeHolder(build_runtime(config, 1))
-    app = make_app(holder, AuditWriter(config.audit))
+    app = make_app(holder, AuditWriter(config.audit), Limiter(config.ratelimit))
     runner = make_runner(app, config.server)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,8 +1,9 @@
 """One audit event per request: what happened, never what was said.
 
 Fields hold counts, names from config and hashes, so an audit row can be read
-by anyone who may read metrics. `client` is a hash of the client's bearer key,
-or its IP address when it sent none; prompts, completions and keys never
+by anyone who may read metrics. `client` names a configured client
+(client:NAME), else holds a short hash of the bearer key (key:HASH) or the
+address (ip:ADDRESS) of whoever sent none; prompts, completions and keys never
 appear.
 """
 
@@ -62,6 +63,10 @@ class AuditEvent:
     findings: dict[str, Any] = field(default_factory=dict)
     # A fixed error code (upstream_timeout, guardrail_violation, ...), never a message.
     error: str | None = None
+    # What the rate limiter did: allowed, refused:LIMIT, shadow:LIMIT (would
+    # have refused), unavailable (Redis down, on_backend_error deny); None
+    # when no limit applies.
+    ratelimit: str | None = None
 
     def values(self) -> tuple[Any, ...]:
         """The event's column values, in column order."""

@@ -57,9 +57,15 @@ _TYPES = {
     "action": "text",
     "findings": "jsonb NOT NULL",
     "error": "text",
+    "ratelimit": "text",
 }
 _COLUMNS_SQL = ",\n    ".join(f"{name} {_TYPES[name]}" for name in COLUMNS)
 _NAMES = ", ".join(COLUMNS)
+# Columns added after the first release of the table.
+_ADDED = ("ratelimit",)
+_ADD_COLUMNS = f"ALTER TABLE {TABLE} " + ", ".join(
+    f"ADD COLUMN IF NOT EXISTS {name} {_TYPES[name]}" for name in _ADDED
+)
 
 CREATE_INCOMING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING} (\n    {_COLUMNS_SQL}\n) ON COMMIT DELETE ROWS"
@@ -111,6 +117,9 @@ async def create_table(conn: Conn, *, partitioned: bool) -> bool:
             f"CREATE TABLE IF NOT EXISTS {TABLE} (\n    {_COLUMNS_SQL},\n"
             f"    PRIMARY KEY ({key})\n){scheme}"
         )
+        # A table an earlier version made lacks the columns added since; they
+        # are all nullable, so adding them never rewrites the table.
+        await conn.execute(_ADD_COLUMNS)
         await conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_ts_idx ON {TABLE} (ts)")
         await conn.execute(
             f"CREATE INDEX IF NOT EXISTS {TABLE}_client_ts_idx ON {TABLE} (client, ts)"

@@ -12,10 +12,18 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gatewayd.config import values as v
+from gatewayd.config.access import read_auth, read_clients, read_ratelimit
 from gatewayd.config.audit import read_audit
 from gatewayd.config.guardrails import read_filters, read_policies
 from gatewayd.config.reader import Context, Reader, Spec
-from gatewayd.config.schema import AuditConfig, Config, LoggingConfig, ServerConfig
+from gatewayd.config.schema import (
+    AuditConfig,
+    AuthConfig,
+    Config,
+    LoggingConfig,
+    RateLimitConfig,
+    ServerConfig,
+)
 from gatewayd.config.server import read_server
 from gatewayd.config.source import Table
 from gatewayd.config.upstreams import read_routes, read_upstreams
@@ -38,6 +46,8 @@ def build_config(tree: Table, context: Context, source: Path) -> Config:
     server = root.table("server")
     logging = root.table("logging")
     audit = root.table("audit")
+    auth = root.table("auth")
+    ratelimit = root.table("ratelimit")
     config = Config(
         source=source,
         server=read_server(server, base) if server is not None else ServerConfig(),
@@ -49,6 +59,9 @@ def build_config(tree: Table, context: Context, source: Path) -> Config:
         policies=MappingProxyType(policies),
         filters=MappingProxyType(filters),
         audit=read_audit(audit, base) if audit is not None else AuditConfig(),
+        clients=MappingProxyType(read_clients(root)),
+        auth=read_auth(auth) if auth is not None else AuthConfig(),
+        ratelimit=read_ratelimit(ratelimit) if ratelimit is not None else RateLimitConfig(),
     )
     context.report_unknown()
     return config

@@ -23,7 +23,7 @@ from gatewayd.errors import Problem
 T = TypeVar("T")
 
 # Names become metric labels and INI section parts, so no dots or spaces.
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +191,7 @@ class Reader:
             return []
         result: list[tuple[str, Reader]] = []
         for entry_name in collection.names():
-            if not _NAME.fullmatch(entry_name):
+            if not NAME.fullmatch(entry_name):
                 collection.problem(
                     entry_name, "a name is letters, digits, _ and -, starting with a letter or _"
                 )

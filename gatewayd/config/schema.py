@@ -158,6 +158,35 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Rate limits of one level: the `ratelimit` defaults, a route's, a client's.
+
+    None inherits the level below (client over route over defaults); 0 means
+    no such limit.
+    """
+
+    requests_per_minute: int | None = None
+    # Requests accepted at once from idle (GCRA's tolerance); None is a
+    # tenth of requests_per_minute, at least 1.
+    burst: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+
+    def over(self, base: Limits) -> Limits:
+        """These limits where set, `base`'s elsewhere."""
+        return Limits(
+            requests_per_minute=_first(self.requests_per_minute, base.requests_per_minute),
+            burst=_first(self.burst, base.burst),
+            tokens_per_minute=_first(self.tokens_per_minute, base.tokens_per_minute),
+            max_concurrent=_first(self.max_concurrent, base.max_concurrent),
+        )
+
+
+def _first(value: int | None, fallback: int | None) -> int | None:
+    return fallback if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     prefix: str
@@ -167,6 +196,9 @@ class RouteConfig:
     # Another upstream, asked when every target of `upstream` is ejected or
     # its last attempt failed in a way retry.on allows retrying.
     fallback: str | None = None
+    # Limits of this route's own budget (per limit key), over `ratelimit`'s;
+    # None shares the gateway-wide budget.
+    ratelimit: Limits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +348,44 @@ class AuditConfig:
     block_timeout: float = 1.0
 
 
+# --- clients, auth and rate limits -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    name: str
+    # Hex sha256 of the client's bearer key: the gateway never holds the key.
+    key_sha256: str
+    limits: Limits = field(default_factory=Limits)
+    # Model names, or `prefix*` patterns, the client may ask for; None is any.
+    models: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # A request without a known client key gets 401 invalid_api_key.
+    require_client_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: Secret | None = None
+    # What a budget belongs to: client, api_key, ip, or header:NAME (lower case).
+    key: str = "client"
+    limits: Limits = field(default_factory=Limits)
+    # A Redis that fails or answers slower than redis_timeout: decide with
+    # this process's own limiter (allow) or refuse with 503 (deny).
+    on_backend_error: Literal["allow", "deny"] = "allow"
+    redis_timeout: float = 0.05
+    # Count would-be refusals without refusing.
+    shadow: bool = False
+    # Output tokens reserved for a generating request that names no maximum.
+    default_max_tokens: int = 4096
+    # Keys the memory backend holds at most; idle keys go first.
+    max_keys: int = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """One whole, validated configuration; `source` is the file it came from."""
@@ -328,3 +398,6 @@ class Config:
     policies: Mapping[str, PolicyConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
     filters: Mapping[str, FilterConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
     audit: AuditConfig = field(default_factory=AuditConfig)
+    clients: Mapping[str, ClientConfig] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)

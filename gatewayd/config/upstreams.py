@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from gatewayd.config import values as v
+from gatewayd.config.access import read_limits
 from gatewayd.config.reader import Many, Reader, Spec
 from gatewayd.config.schema import (
     BreakerConfig,
@@ -153,6 +154,9 @@ def read_routes(root: Reader, upstreams: set[str], policies: set[str]) -> dict[s
                 "fallback": v.one_of(upstreams, "upstream"),
             }
         )
+        limits = reader.table("ratelimit")
+        if limits is not None:
+            fields["ratelimit"] = read_limits(limits)
         if upstream is not None and fields.get("fallback") == upstream:
             reader.problem("fallback", "must be another upstream than the route's own")
         if prefix is not None and prefix in owners:

@@ -23,6 +23,7 @@ from aiohttp import web
 from gatewayd import __version__
 from gatewayd.audit.writer import AuditWriter
 from gatewayd.headers import REQUEST_ID, request_id_from
+from gatewayd.ratelimit.limiter import Limiter
 from gatewayd.runtime import Runtime, RuntimeHolder
 
 RESERVED = frozenset({"/health", "/health/ready", "/health/detailed", "/metrics"})
@@ -45,6 +46,7 @@ class CertificateStatus(Protocol):
 class HealthSources:
     holder: RuntimeHolder
     audit: AuditWriter
+    limiter: Limiter
     draining: bool = False
     started: float = 0.0
     # Set by the daemon when it serves HTTPS.
@@ -135,6 +137,7 @@ async def detailed(request: web.Request) -> web.Response:
             "upstreams": {name: u.status() for name, u in runtime.upstreams.items()},
             "filters": await _probe_filters(runtime),
             "audit": sources.audit.status(),
+            "ratelimit": sources.limiter.status(),
             # Subject, expiry and fingerprint of the certificate new
             # connections get; null over plain HTTP.
             "tls": sources.tls.status() if sources.tls is not None else None,

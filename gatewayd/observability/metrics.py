@@ -155,8 +155,22 @@ UNREADABLE_ANSWERS = Counter(
 )
 RATELIMIT_REJECTIONS = Counter(
     "gatewayd_ratelimit_rejections_total",
-    "Requests refused by the rate limiter, by route.",
-    ["route"],
+    "Requests refused by the rate limiter, by route and limit (requests, tokens, concurrency).",
+    ["route", "limit"],
+    registry=REGISTRY,
+)
+RATELIMIT_SHADOW = Counter(
+    "gatewayd_ratelimit_shadow_rejections_total",
+    "Requests ratelimit.shadow let through that the limiter would have refused, by route"
+    " and limit.",
+    ["route", "limit"],
+    registry=REGISTRY,
+)
+RATELIMIT_BACKEND_ERRORS = Counter(
+    "gatewayd_ratelimit_backend_errors_total",
+    "Rate-limit decisions Redis could not make (timeout, connection, error; skipped while"
+    " a recent failure lasts), each then settled by ratelimit.on_backend_error.",
+    ["reason"],
     registry=REGISTRY,
 )
 AUDIT_EVENTS = Counter(

@@ -151,12 +151,18 @@ async def chat(request: web.Request) -> web.StreamResponse:
         response.enable_compression(force=ContentCoding(state.stream_encoding))
     await response.prepare(request)
 
-    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    # As OpenAI does: usage only when asked for, as `null` on every chunk and
+    # then in one last chunk with no choices.
+    options = doc.get("stream_options")
+    with_usage = isinstance(options, dict) and options.get("include_usage") is True
+    nothing: dict[str, Any] = {"usage": None} if with_usage else {}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
         chunk = {
             **base,
             "object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
+            **nothing,
         }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
@@ -170,7 +176,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
             if state.event_delay:
                 await asyncio.sleep(state.event_delay)
             await response.write(event({"content": answer[i : i + step]}))
-        await response.write(event({}, "stop", usage=_usage(doc, answer)))
+        await response.write(event({}, "stop"))
+        if with_usage:
+            usage = {**base, "object": "chat.completion.chunk", "choices": []}
+            usage["usage"] = _usage(doc, answer)
+            await response.write(b"data: " + orjson.dumps(usage) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):

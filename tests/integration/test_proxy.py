@@ -262,9 +262,10 @@ async def test_stream_is_forwarded_event_by_event(
     """The first SSE event reaches the client long before the upstream finishes the stream."""
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url))
     fake_upstream.state.event_delay = 0.1
+    asked = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         started = time.monotonic()
-        resp = await client.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "stream": True})
+        resp = await client.post(f"{gw.url}/v1/chat/completions", json=asked)
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         first = await resp.content.readline()
         first_at = time.monotonic() - started

@@ -1,0 +1,111 @@
+"""Build the `clients`, `auth` and `ratelimit` sections: who may ask, and how much."""
+
+from __future__ import annotations
+
+import re
+
+from gatewayd.config import values as v
+from gatewayd.config.reader import Reader, Spec
+from gatewayd.config.schema import AuthConfig, ClientConfig, Limits, RateLimitConfig, Secret
+from gatewayd.config.source import Scalar
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# A model name as the APIs spell them (gpt-4o-mini, org/model:tag), or such a
+# prefix ending in one `*`.
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*\*?|\*")
+_HEADER = re.compile(r"header:([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
+
+_LIMITS: Spec = {
+    "requests_per_minute": v.integer(0),
+    "burst": v.integer(1),
+    "tokens_per_minute": v.integer(0),
+    "max_concurrent": v.integer(0),
+}
+
+
+def key_sha256(scalar: Scalar) -> str:
+    """64 hex digits (`gatewayd keygen` prints them), in lower case."""
+    written = scalar.text.strip().lower()
+    if not _SHA256.fullmatch(written):
+        raise ValueError("must be 64 hex digits, the sha256 of the key (see gatewayd keygen)")
+    return written
+
+
+def model_pattern(scalar: Scalar) -> str:
+    """A model name, or a prefix ending in `*`."""
+    written = scalar.text.strip()
+    if not _MODEL.fullmatch(written):
+        raise ValueError(
+            f"{v.shown(written)} is not a model name or a prefix ending in * (like gpt-4o*)"
+        )
+    return written
+
+
+def limit_key(scalar: Scalar) -> str:
+    """client, api_key, ip or header:NAME; a header name is kept in lower case."""
+    written = scalar.text.strip()
+    if written.lower() in ("client", "api_key", "ip"):
+        return written.lower()
+    match = _HEADER.fullmatch(written)
+    if match is None:
+        raise ValueError(f"must be client, api_key, ip or header:NAME; got {v.shown(written)}")
+    return f"header:{match.group(1).lower()}"
+
+
+def redis_url(scalar: Scalar) -> Secret:
+    """A redis:// or rediss:// URL; it may hold a password, so it never shows itself."""
+    return Secret(v.redis_url(scalar))
+
+
+def read_limits(reader: Reader) -> Limits:
+    """The four limits of a level; burst alone, with no rate to burst over, is a problem."""
+    limits = Limits(**reader.fields(_LIMITS))
+    if limits.burst is not None and limits.requests_per_minute == 0:
+        reader.problem("burst", "requests_per_minute is 0 (no limit): there is nothing to burst")
+    return limits
+
+
+def read_clients(root: Reader) -> dict[str, ClientConfig]:
+    """Every well-formed client; one key belongs to one client."""
+    result: dict[str, ClientConfig] = {}
+    owners: dict[str, str] = {}
+    for name, reader in root.tables("clients"):
+        digest = reader.value("key_sha256", key_sha256, required=True)
+        models = reader.values("models", model_pattern)
+        if models == ():
+            reader.problem("models", "an empty list allows no model; leave it out to allow any")
+        limits = read_limits(reader)
+        if digest is None:
+            continue
+        if digest in owners:
+            reader.problem("key_sha256", f"client {owners[digest]} has the same key")
+            continue
+        owners[digest] = name
+        result[name] = ClientConfig(name=name, key_sha256=digest, limits=limits, models=models)
+    return result
+
+
+def read_auth(reader: Reader) -> AuthConfig:
+    return AuthConfig(**reader.fields({"require_client_key": v.boolean}))
+
+
+def read_ratelimit(reader: Reader) -> RateLimitConfig:
+    """The `ratelimit` table: the backend, the key, and the default limits."""
+    fields = reader.fields(
+        {
+            "backend": v.choice("memory", "redis"),
+            "redis_url": redis_url,
+            "key": limit_key,
+            "on_backend_error": v.choice("allow", "deny"),
+            "redis_timeout": v.duration(positive=True),
+            "shadow": v.boolean,
+            "default_max_tokens": v.integer(1),
+            "max_keys": v.integer(1000),
+        }
+    )
+    config = RateLimitConfig(limits=read_limits(reader), **fields)
+    if config.backend == "redis" and config.redis_url is None:
+        reader.problem("redis_url", "is required with backend: redis")
+    elif config.backend == "memory" and config.redis_url is not None:
+        reader.problem("redis_url", "is read only with backend: redis")
+    return config

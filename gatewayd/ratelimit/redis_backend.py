@@ -1,0 +1,211 @@
+"""Budgets in Redis, shared by every gatewayd instance: one Lua call per decision.
+
+The script runs GCRA (gatewayd.ratelimit.gcra is its reference) on Redis's
+own clock (`TIME`), so instances with skewed clocks still share one budget,
+and it checks every limit of a request before it takes from any. A key's
+budgets sit under one hash tag, `{scope:identity}`, so on Redis Cluster the
+script's keys are always in one slot.
+
+Each budget key expires when its budget is whole again; concurrency slots
+are a sorted set of leases scored by their expiry, so a slot held by an
+instance killed with -9 frees itself after the lease.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as redis
+
+from gatewayd.errors import RateLimiterUnavailable
+from gatewayd.ratelimit.backend import Answer, Ask, Limit
+from gatewayd.ratelimit.gcra import Rate, Take
+
+# ARGV: requests interval, capacity (0: no limit); tokens interval, capacity,
+# cost; max concurrent (0: none), lease id, lease seconds.
+# Returns: refused (0 none, 1 requests, 2 tokens, 3 concurrency), retry after
+# in microseconds, then remaining and reset (microseconds) of requests and of
+# tokens. Lua numbers become integers on the way out, hence microseconds.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local r_iv, r_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t_iv, t_cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_c = tonumber(ARGV[6])
+
+local function take(key, iv, cap, n)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new = tat + n * iv
+  local tol = cap * iv
+  if new - now > tol then
+    return false, new - tol - now, tat
+  end
+  return true, 0, new
+end
+
+local function left(tat, iv, cap)
+  local l = math.floor((cap * iv - (tat - now)) / iv + 1e-9)
+  if l < 0 then l = 0 end
+  return l
+end
+
+local function us(s) return math.floor(s * 1000000) end
+
+local function put(key, tat)
+  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+end
+
+if max_c > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= max_c then
+    return {3, 1000000, -1, 0, -1, 0}
+  end
+end
+local r_tat, t_tat = now, now
+if r_cap > 0 then
+  local ok, wait, tat = take(KEYS[1], r_iv, r_cap, 1)
+  if not ok then
+    return {1, us(wait), left(tat, r_iv, r_cap), us(tat - now), -1, 0}
+  end
+  r_tat = tat
+end
+if t_cap > 0 then
+  local ok, wait, tat = take(KEYS[2], t_iv, t_cap, cost)
+  if not ok then
+    local r_left = -1
+    if r_cap > 0 then r_left = left(r_tat, r_iv, r_cap) end
+    return {2, us(wait), r_left, us(r_tat - now), left(tat, t_iv, t_cap), us(tat - now)}
+  end
+  t_tat = tat
+end
+if r_cap > 0 then put(KEYS[1], r_tat) end
+if t_cap > 0 then put(KEYS[2], t_tat) end
+if max_c > 0 then
+  local lease_for = tonumber(ARGV[8])
+  redis.call('ZADD', KEYS[3], now + lease_for, ARGV[7])
+  redis.call('PEXPIRE', KEYS[3], math.ceil(lease_for * 1000))
+end
+local r_left, t_left = -1, -1
+if r_cap > 0 then r_left = left(r_tat, r_iv, r_cap) end
+if t_cap > 0 then t_left = left(t_tat, t_iv, t_cap) end
+return {0, 0, r_left, us(r_tat - now), t_left, us(t_tat - now)}
+"""
+
+# ARGV: tokens interval, tokens more used than reserved (negative: fewer),
+# lease id ('' when no slot was held).
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local iv, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+if iv > 0 and delta ~= 0 then
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if delta > 0 and tat < now then tat = now end
+  tat = tat + delta * iv
+  if tat > now then
+    redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+  else
+    redis.call('DEL', KEYS[1])
+  end
+end
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
+return 0
+"""
+
+_REFUSED: tuple[Limit | None, ...] = (None, "requests", "tokens", "concurrency")
+_US = 1_000_000
+_ERRORS = (redis.RedisError, OSError, TimeoutError)
+
+
+class RedisBackend:
+    """Budgets on the Redis at `client`; every failure is a RateLimiterUnavailable."""
+
+    name = "redis"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._settle = client.register_script(_SETTLE)
+        # A moving average of recent decisions' round trips, for /health/detailed.
+        self._latency: float | None = None
+        self._healthy = True
+
+    async def start(self) -> None:
+        """Nothing to open: connections are made on first use (Redis may be down)."""
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def acquire(self, ask: Ask) -> Answer:
+        requests, tokens = ask.requests, ask.tokens
+        args = (
+            *_rate_args(requests),
+            *_rate_args(tokens),
+            ask.cost,
+            ask.max_concurrent,
+            ask.lease,
+            ask.lease_for,
+        )
+        started = time.perf_counter()
+        try:
+            reply = await self._acquire(keys=_keys(ask.key), args=args)
+        except _ERRORS as exc:
+            self._healthy = False
+            raise _unavailable(exc) from exc
+        self._measure(time.perf_counter() - started)
+        refused = _REFUSED[int(reply[0])]
+        retry_after = int(reply[1]) / _US
+        return Answer(
+            refused,
+            retry_after,
+            _take(requests, refused is None, reply[2], reply[3]),
+            _take(tokens, refused is None, reply[4], reply[5]),
+        )
+
+    async def settle(self, ask: Ask, used: int | None) -> None:
+        delta = 0 if used is None or ask.tokens is None else used - ask.cost
+        if not delta and not ask.max_concurrent:
+            return
+        interval = ask.tokens.interval if ask.tokens is not None else 0
+        lease = ask.lease if ask.max_concurrent else ""
+        try:
+            await self._settle(keys=_keys(ask.key)[1:], args=(interval, delta, lease))
+        except _ERRORS as exc:
+            self._healthy = False
+            raise _unavailable(exc) from exc
+
+    def _measure(self, seconds: float) -> None:
+        self._healthy = True
+        ms = seconds * 1000
+        self._latency = ms if self._latency is None else self._latency * 0.9 + ms * 0.1
+
+    def status(self) -> dict[str, Any]:
+        latency = round(self._latency, 3) if self._latency is not None else None
+        return {"backend": self.name, "healthy": self._healthy, "latency_ms": latency}
+
+
+def _unavailable(exc: BaseException) -> RateLimiterUnavailable:
+    """The error for a Redis client failure, by its kind."""
+    if isinstance(exc, TimeoutError | redis.TimeoutError):
+        return RateLimiterUnavailable("timeout")
+    if isinstance(exc, OSError | redis.ConnectionError):
+        return RateLimiterUnavailable("connection")
+    return RateLimiterUnavailable("error")
+
+
+def _keys(key: str) -> tuple[str, str, str]:
+    tag = f"gatewayd:rl:{{{key}}}"
+    return (f"{tag}:r", f"{tag}:t", f"{tag}:c")
+
+
+def _rate_args(rate: Rate | None) -> tuple[float, int]:
+    return (rate.interval, rate.capacity) if rate is not None else (0.0, 0)
+
+
+def _take(rate: Rate | None, allowed: bool, remaining: Any, reset: Any) -> Take | None:
+    if rate is None or int(remaining) < 0:
+        return None
+    return Take(allowed, 0.0, 0.0, int(remaining), int(reset) / _US)
