@@ -193,8 +193,10 @@ _TOKENS = (
 # like a credential (see _value_ok). Written in lower case: they run on
 # lower-cased text (see fold_case).
 _KEY_NAMES = (
-    "password", "passwd", "passphrase", "pwd", "secret", "token", "api_key", "api-key",
-    "apikey", "access_key", "access-key", "private_key", "private-key", "credential", "creds",
+    "password", "passwd", "passphrase", "pwd", "keypass", "secret", "token", "credential",
+    "creds", "api_key", "api-key", "apikey", "app_key", "appkey", "auth_key", "authkey",
+    "client_key", "access_key", "access-key", "private_key", "private-key", "privkey",
+    "priv_key", "contrasena", "contraseña",
 )  # fmt: skip
 # The rest of the identifier: `_value`, `string`, `s`.
 _SUFFIX = r"[a-z0-9_-]{0,24}"
@@ -221,7 +223,7 @@ _OPERATOR = r"(?:::=|:=|\?=|!==|===|!=|==|=>|=|:|[ \t](?:is|was)(?:[ \t]{0,8}:)?
 # only blanks (`password "...";` in nginx or Terraform-like configs); and
 # `<apiToken>...</apiToken>`.
 _BETWEEN = (
-    rf"(?:[\"']?[ \t]{{0,8}}{_OPERATOR}[ \t]{{0,8}}"
+    rf"(?:[\"'\]]{{0,2}}[ \t]{{0,8}}{_OPERATOR}[ \t]{{0,8}}"
     r"|[\"'][ \t]{0,8},[ \t]{0,8}(?P<comma>)(?=[\"'])|[ \t]{1,8}(?P<blank>)(?=[\"'])"
     r"|>(?=[^<\s]{1,256}</))"
 )
@@ -268,20 +270,20 @@ _TAIL_RUN = (string.ascii_letters + string.digits + "_./+=-",)
 # URL user info still arriving: "://user:pa", or the "://" itself.
 _URL_TAIL = re.compile(r":(?:/(?:/[^\s/:@]{0,64}(?::[^\s/@]{0,128})?)?)?\Z")
 _URL_TAIL_WINDOW = 196
-_OPEN_VALUE = r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;<]{0,256})"
+_OPEN_VALUE = r"(?:\"[^\"\n]{0,256}|'[^'\n]{0,256}|[^\s\"',;<]{0,256}(?:;[^\s\"',;<]{0,64})?)"
 _ASSIGNMENT_TAIL = re.compile(
     r"(?:"
     + prefix_pattern(_KEY_NAMES)
     + r"|(?:"
     + "|".join(re.escape(k) for k in _KEY_NAMES)
-    + rf"){_SUFFIX}(?:[\"']?[ \t]{{0,8}}(?:{_OPERATOR}[ \t]{{0,8}}{_OPEN_VALUE}"
+    + rf"){_SUFFIX}(?:[\"'\]]{{0,2}}[ \t]{{0,8}}(?:{_OPERATOR}[ \t]{{0,8}}{_OPEN_VALUE}"
     + r"|[!:?=]{1,2}|,[ \t]{0,8}(?:[\"'][^\"'\n]{0,256})?|[ \t](?:i|wa?))?"
     + r"|[ \t]{1,8}(?:[\"'][^\"'\n]{0,256})?|>[^<\s]{0,256}<?)?)\Z",
     re.IGNORECASE,
 )
-# Key name (11) + suffix (24) + quote + blanks, operator, blanks (8 + 21 + 8)
-# + quote and value (257).
-_ASSIGNMENT_WINDOW = 330
+# Key name (11) + suffix (24) + quote and bracket + blanks, operator, blanks
+# (8 + 21 + 8) + a quote and the longest value (a bare one: 256 + 1 + 64).
+_ASSIGNMENT_WINDOW = 400
 # A private key is the whole block from its BEGIN line through the END line
 # of the same kind that follows within _KEY_BODY characters; a block cut short
 # (no END) still counts: its BEGIN line and the base64 lines after it.

@@ -272,6 +272,7 @@ HOSTILE = {
     "quoted-names-and-commas": '"api_token", ',
     "names-and-blanks": "password ",
     "comparisons": "token != ",
+    "bare-semicolons": "password=a;b;c;",
     "slack-app-markers": "xapp-1-",
     "slack-webhooks": "hooks.slack.com/services/",
     "bedrock-markers": "ABSK",

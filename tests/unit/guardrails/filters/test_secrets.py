@@ -93,6 +93,8 @@ def test_a_private_key_cut_short_still_counts() -> None:
         ("API_TOKEN ?= 8f7e6d5c4b3a2f1e", "8f7e6d5c4b3a2f1e"),
         ('if (api_key != "sk9f8e7d6c5b4a3") {', "sk9f8e7d6c5b4a3"),
         ("PASSWORD=p@ss;w0rd!", "p@ss;w0rd!"),
+        ("config['db_password'] = 'Xk9#mP2$vL'", "Xk9#mP2$vL"),
+        ("AUTH_KEY=Zx9-kL2-mQ7-pR4", "Zx9-kL2-mQ7-pR4"),
         ('"postgres://app:Xk9pL2mQ@db"', "Xk9pL2mQ"),
     ],
 )
