@@ -17,6 +17,7 @@ from gatewayd.config.schema import ServerConfig
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "gatewayd.service"
 README = ROOT / "systemd" / "README.md"
+TLS_DROP_IN = ROOT / "systemd" / "tls.conf"
 EXPOSURE_BUDGET = 2.0
 
 
@@ -39,6 +40,38 @@ def staged_unit(tmp_path: Path) -> Path:
     staged = tmp_path / UNIT.name
     staged.write_text(text)
     return staged
+
+
+def test_the_tls_drop_in_loads_credentials_and_keeps_the_exposure(
+    analyze: str, staged_unit: Path
+) -> None:
+    """With systemd/tls.conf as a drop-in, systemd reads every line of it, the key and
+    certificate come from /etc/gatewayd/tls by LoadCredential=, and the score stays."""
+    drop_ins = staged_unit.parent / f"{staged_unit.name}.d"
+    drop_ins.mkdir()
+    shutil.copy(TLS_DROP_IN, drop_ins / TLS_DROP_IN.name)
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--no-pager", str(staged_unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    measured = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    documented = re.search(r"Measured exposure: \*\*(\d+\.\d+)\*\*", README.read_text())
+    assert measured is not None
+    assert documented is not None
+    assert measured[1] == documented[1]
+    credentials = [
+        line.partition("=")[2]
+        for line in TLS_DROP_IN.read_text().splitlines()
+        if line.startswith("LoadCredential=")
+    ]
+    assert credentials == [
+        "tls.crt:/etc/gatewayd/tls/cert.pem",
+        "tls.key:/etc/gatewayd/tls/key.pem",
+    ]
 
 
 def unit_settings() -> dict[str, list[str]]:
@@ -92,7 +125,8 @@ def test_unit_runs_the_installed_binary_and_outlasts_the_drain() -> None:
 # Runs in a child so the prctl cannot leak into pytest. It proves the rule is
 # in force first (a W+X mapping must fail), then exercises every native piece
 # of the runtime: uvloop, aiodns/pycares through aiohttp's resolver, an aiohttp
-# server and pooled client on loopback, orjson, and the asyncpg/redis modules.
+# server and pooled client on loopback, orjson, the asyncpg/redis modules, and
+# cryptography (Rust and OpenSSL) reading a certificate for gatewayd.tls.
 MDWE_CHILD = textwrap.dedent(
     """
     import ctypes, mmap, sys
@@ -108,6 +142,7 @@ MDWE_CHILD = textwrap.dedent(
         sys.exit("a writable+executable mapping was allowed")
 
     import aiohttp, asyncpg, orjson, redis.asyncio, uvloop, yaml, prometheus_async
+    from gatewayd import tls
     from aiohttp import web
     from aiohttp.resolver import AsyncResolver
     import gatewayd.systemd
@@ -130,6 +165,14 @@ MDWE_CHILD = textwrap.dedent(
         await runner.cleanup()
 
     uvloop.run(main())
+
+    import tempfile, pathlib
+    from gatewayd.config.schema import TlsConfig
+    from tests.fakes.certs import TestCA
+    pair = TestCA(pathlib.Path(tempfile.mkdtemp())).issue("mdwe")
+    served = TlsConfig(cert=pair.cert, key=pair.key)
+    assert tls.check(served).subject == pair.subject
+    tls.server_context(served)
     print("ok")
     """
 )
