@@ -250,6 +250,13 @@ BUILD_INFO = Gauge(
     multiprocess_mode="max",
 )
 BUILD_INFO.labels(version=__version__).set(1)
+# Counters whose label values are known start at 0: a series born at 1 by
+# the first failed reload or restart is no increase() to Prometheus, so the
+# alerts on them would miss it.
+for _result in ("success", "error"):
+    CONFIG_RELOADS.labels(_result)
+for _reason in ("died", "timeout", "max_requests"):
+    WORKER_RESTARTS.labels(_reason)
 
 
 _M = TypeVar("_M", bound=MetricWrapperBase)

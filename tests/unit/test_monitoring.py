@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,21 @@ def test_the_dashboard_covers_each_area() -> None:
         assert area in titles
     order = [p["type"] for p in dashboard["panels"]]
     assert all(b != "row" for a, b in itertools.pairwise(order) if a == "row")
+
+
+def test_counters_the_alerts_read_start_at_zero() -> None:
+    """A fresh process exports failed reloads and worker restarts as 0, so the first
+    one is an increase Prometheus can see."""
+    code = "from gatewayd.observability.metrics import exposition; print(exposition().decode())"
+    text = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    for sample in (
+        'gatewayd_config_reloads_total{result="error"} 0.0',
+        'gatewayd_worker_restarts_total{reason="died"} 0.0',
+        'gatewayd_worker_restarts_total{reason="timeout"} 0.0',
+    ):
+        assert sample in text.splitlines()
 
 
 def test_the_name_checks_catch_a_typo() -> None:
