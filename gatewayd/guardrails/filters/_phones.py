@@ -61,6 +61,11 @@ class PhoneRules:
 
     def accept(self, text: str, m: re.Match[str]) -> int | None:
         """The candidate's end when it is a valid number, else None."""
+        start = m.start()
+        if start > 1 and text[start - 1] in " .-" and "0" <= text[start - 2] <= "9":
+            # The tail of a longer run of digit groups (an account number,
+            # an IBAN's groups), reached after the run as a whole was refused.
+            return None
         return m.end() if self._valid(m.group(), m.lastgroup == "intl") else None
 
     def _check(self, candidate: str, international: bool) -> bool:
@@ -84,7 +89,9 @@ class PhoneRules:
             if len(national) not in lengths:
                 continue
             parsed = _parse(digits, region)
-            if parsed is not None and _area_code_whole(groups, prefix, parsed):
+            # Without a trunk prefix area codes are written many ways
+            # (Madrid's 91 123 45 67 is formatted 911 23 45 67).
+            if parsed is not None and (not prefix or _area_code_whole(groups, prefix, parsed)):
                 return True
         return False
 

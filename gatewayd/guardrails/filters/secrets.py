@@ -50,6 +50,12 @@ def _has_digit(m: re.Match[str]) -> bool:
     return any(c.isdigit() for c in m.group("body"))
 
 
+def _webhook_ok(m: re.Match[str]) -> bool:
+    """A webhook URL's secret part is not the documentation's XXXX... placeholder."""
+    secret = m.group("body").rsplit("/", 1)[-1]
+    return len(set(secret)) > 1
+
+
 _ALG_NONE = re.compile(r'"alg"\s{0,8}:\s{0,8}"none"', re.IGNORECASE)
 
 
@@ -158,7 +164,7 @@ _TOKENS = (
             r"hooks\.slack\.com/(?:services|workflows|triggers)/"
             r"(?P<body>[A-Za-z0-9_-]{8,40}/[A-Za-z0-9_/-]{8,120})(?![A-Za-z0-9_/-])"
         ),
-        _has_digit,
+        _webhook_ok,
     ),
     _Token(
         "STRIPE_KEY",
@@ -193,11 +199,15 @@ _TOKENS = (
 # like a credential (see _value_ok). Written in lower case: they run on
 # lower-cased text (see fold_case).
 _KEY_NAMES = (
-    "password", "passwd", "passphrase", "pwd", "keypass", "secret", "token", "credential",
+    "pass", "password", "passwd", "passphrase", "pwd", "keypass", "secret", "token", "credential",
     "creds", "api_key", "api-key", "apikey", "app_key", "appkey", "auth_key", "authkey",
     "client_key", "access_key", "access-key", "private_key", "private-key", "privkey",
-    "priv_key", "contrasena", "contraseña",
+    "priv_key", "contrasena", "contraseña", "api key",
 )  # fmt: skip
+# What must follow a name before the rest of the identifier: `db_pass` and
+# `auth_pass` are names, `passport` and `passenger` are not.
+_AFTER_NAME = dict.fromkeys(_KEY_NAMES, "") | {"pass": "(?![a-z])"}
+_NAMES = trie_pattern(_KEY_NAMES, _AFTER_NAME)
 # The rest of the identifier: `_value`, `string`, `s`.
 _SUFFIX = r"[a-z0-9_-]{0,24}"
 
@@ -233,9 +243,7 @@ _VALUE = (
     r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'"
     r"|(?P<bare>[^\s\"',;<]{1,256}(?:;[^\s\"',;<]{1,64})?))"
 )
-_ASSIGNMENT = re.compile(
-    trie_pattern(_KEY_NAMES, dict.fromkeys(_KEY_NAMES, "")) + _SUFFIX + _BETWEEN + _VALUE
-)
+_ASSIGNMENT = re.compile(_NAMES + _SUFFIX + _BETWEEN + _VALUE)
 # Credentials in a URL's user info: scheme://user:password@host.
 # The user may be empty (`redis://:password@host`).
 _URL_PASSWORD = re.compile(r"://[^\s/:@]{0,64}:(?P<value>[^\s/@\"';]{1,128})@")
@@ -245,7 +253,9 @@ _TRAILING_PUNCTUATION = ".,;:)]}>"
 _PLACEHOLDER = re.compile(
     r"\$\{.*\}|\$[a-z_][a-z0-9_]*|\{\{.*\}\}|<.*>|%\(?[a-z_]*\)?s?|(.)\1*"
     r"|none|null|nil|true|false|undefined|required|optional|string|str|bytes|text"
-    r"|password|secret|token|changeme|redacted|hidden|example|your[_-].*",
+    r"|password|secret|token|changeme|redacted|hidden|example|your[_-].*"
+    # A YAML tag: Ansible's `password: !vault |` holds the value on the next lines.
+    r"|![a-z_]+",
 )
 # A bare value that is code, not a literal: `self.password`, `getpass()`, `cfg["pw"]`.
 _CODE = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+|.*[(\[].*")
@@ -275,7 +285,7 @@ _ASSIGNMENT_TAIL = re.compile(
     r"(?:"
     + prefix_pattern(_KEY_NAMES)
     + r"|(?:"
-    + "|".join(re.escape(k) for k in _KEY_NAMES)
+    + _NAMES
     + rf"){_SUFFIX}(?:[\"'\]]{{0,2}}[ \t]{{0,8}}(?:{_OPERATOR}[ \t]{{0,8}}{_OPEN_VALUE}"
     + r"|[!:?=]{1,2}|,[ \t]{0,8}(?:[\"'][^\"'\n]{0,256})?|[ \t](?:i|wa?))?"
     + r"|[ \t]{1,8}(?:[\"'][^\"'\n]{0,256})?|>[^<\s]{0,256}<?)?)\Z",
@@ -459,7 +469,8 @@ class SecretsFilter:
             recent = text[-_ASSIGNMENT_WINDOW:].lower()
             # Without a whole key name in reach, only a key name still being
             # typed can match: a single word.
-            spaced = None if _has_key_marker(recent) else 0
+            # ("api key" is the one name with a blank in it.)
+            spaced = None if _has_key_marker(recent) or "api" in recent else 0
             held = max(held, tail_holdback(_ASSIGNMENT_TAIL, text, _ASSIGNMENT_WINDOW, spaced))
         if self._keys:
             held = max(held, self._key_holdback(text))

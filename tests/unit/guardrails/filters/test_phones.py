@@ -41,6 +41,7 @@ def phones(text: str, flt: PiiFilter = PII) -> list[str]:
         "0171 1234567",
         "06-12345678",
         "612 34 56 78",
+        "91 123 45 67",
         "090-1234-5678",
         "010-1234-5678",
         "0412 345 678",
@@ -66,6 +67,7 @@ def test_numbers_written_as_people_write_them_are_found(number: str) -> None:
         "IBAN DE89-3704-0044-0532-0130-01 (bad check digits)",
         "IBAN DE00 3704 0044 0532 0130 00",
         "number 5551234567890123",
+        "account 0044 0532 0130 00 of the branch",
     ],
 )
 def test_digits_that_are_something_else_are_no_phones(text: str) -> None:

@@ -95,6 +95,9 @@ def test_a_private_key_cut_short_still_counts() -> None:
         ("PASSWORD=p@ss;w0rd!", "p@ss;w0rd!"),
         ("config['db_password'] = 'Xk9#mP2$vL'", "Xk9#mP2$vL"),
         ("AUTH_KEY=Zx9-kL2-mQ7-pR4", "Zx9-kL2-mQ7-pR4"),
+        ("pass: Xq8!kL2#mZ", "Xq8!kL2#mZ"),
+        ('$db_pass = "Ph9!xT2#kL";', "Ph9!xT2#kL"),
+        ("FYI my api key is ak_71Lq2Zm7Xv9Pb3", "ak_71Lq2Zm7Xv9Pb3"),
         ('"postgres://app:Xk9pL2mQ@db"', "Xk9pL2mQ"),
     ],
 )
@@ -121,6 +124,9 @@ def test_passwords_cover_the_value_only(text: str, value: str | None) -> None:
         'print("password", "is wrong")',
         "tokenizer = AutoTokenizer.from_pretrained('bert-base')",
         "the secretary: Jonathan",
+        "passport: X1234567",
+        "password: !vault |",
+        "hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
         # A signed token cut before its signature is a fragment.
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.",
         "use sk-learn, a risk-free task-oriented sk-1234",
