@@ -5,7 +5,16 @@ listing every finding expected in the text (none for a near miss). Every
 filter runs on every text; a finding counts as correct when an expected
 (entity, value) pair is left to match it. All values are synthetic.
 
-`scripts/guardrail-eval` prints this as a table; `test_corpus.py` asserts it.
+The corpus passes when no finding is false and each entity's recall meets
+its target (TARGETS; 97% for the rest). Some labels are known misses, kept
+so the figures stay honest: national phone formats of regions not in the
+default `pii.phone_regions`, passwords of letters only.
+
+`prose/` holds real text with no personal data or credentials in it by
+intent (license texts, and Python 3.11's standard-library docstrings);
+`prose` counts what the pii and secrets filters find there.
+
+`scripts/guardrail-eval` prints both; `test_corpus.py` asserts them.
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ from gatewayd.guardrails.filters.secrets import SecretsFilter
 from gatewayd.guardrails.types import InlineFilter
 
 CORPUS = Path(__file__).resolve().parent
+PROSE = CORPUS / "prose"
+DEFAULT_TARGET = 0.97
+TARGETS = {"PASSWORD": 0.85, "PHONE_NUMBER": 0.90}
+"""Recall each entity must reach on the corpus (the rest: DEFAULT_TARGET)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +75,16 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """Recall is 100% and there is not a single false positive."""
-        return not self.mistakes
+        """No false positive, and every entity's recall at or above its target."""
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        """What keeps the corpus from passing, one line each."""
+        out = [f"{entity}: {fp} false positive(s)" for entity, fp in sorted(self.fp.items())]
+        for entity, _, _, _, _, recall in self.rows():
+            if recall < (target := TARGETS.get(entity, DEFAULT_TARGET)):
+                out.append(f"{entity}: recall {recall:.1%} below {target:.0%}")
+        return out
 
     def rows(self) -> list[tuple[str, int, int, int, float, float]]:
         """(entity, tp, fp, fn, precision, recall) per entity, sorted by entity."""
@@ -129,13 +150,52 @@ def run(corpus: Path = CORPUS) -> Report:
 
 
 def table(report: Report) -> str:
-    """The report as a fixed-width precision/recall table with a total row."""
-    lines = [f"{'entity':<20} {'tp':>5} {'fp':>5} {'fn':>5} {'precision':>10} {'recall':>8}"]
+    """The report as a fixed-width precision/recall table with targets and a total row."""
+    head = f"{'entity':<20} {'tp':>5} {'fp':>5} {'fn':>5} {'precision':>10} {'recall':>8}"
+    lines = [f"{head} {'target':>7}"]
     for entity, tp, fp, fn, precision, recall in report.rows():
-        lines.append(f"{entity:<20} {tp:>5} {fp:>5} {fn:>5} {precision:>10.1%} {recall:>8.1%}")
+        target = TARGETS.get(entity, DEFAULT_TARGET)
+        lines.append(
+            f"{entity:<20} {tp:>5} {fp:>5} {fn:>5} {precision:>10.1%} {recall:>8.1%} {target:>7.0%}"
+        )
     tp, fp, fn = (sum(c.values()) for c in (report.tp, report.fp, report.fn))
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     lines.append(f"{'all':<20} {tp:>5} {fp:>5} {fn:>5} {precision:>10.1%} {recall:>8.1%}")
     lines.append(f"{report.samples} samples")
+    return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class ProseReport:
+    """What the pii and secrets filters find in each prose file, and the files' sizes."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    findings: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def per_100k(self) -> float:
+        """Findings per 100 KB of prose, all files together."""
+        total = sum(sum(c.values()) for c in self.findings.values())
+        return total * 100_000 / max(1, sum(self.sizes.values()))
+
+
+def prose(directory: Path = PROSE) -> ProseReport:
+    """Scan every `*.txt` in `directory` with the pii and secrets filters."""
+    filters = corpus_filters()[:2]
+    report = ProseReport()
+    for path in sorted(directory.glob("*.txt")):
+        text = path.read_text(encoding="utf-8")
+        report.sizes[path.name] = len(text.encode())
+        report.findings[path.name] = Counter(span.entity for f in filters for span in f.scan(text))
+    return report
+
+
+def prose_table(report: ProseReport) -> str:
+    """Findings per prose file and entity, and the rate over all of it."""
+    lines = [f"{'prose file':<32} {'KB':>6}  findings"]
+    for name, size in report.sizes.items():
+        found = ", ".join(f"{e} {n}" for e, n in sorted(report.findings[name].items())) or "none"
+        lines.append(f"{name:<32} {size / 1000:>6.1f}  {found}")
+    total = sum(report.sizes.values()) / 1000
+    lines.append(f"{'all':<32} {total:>6.1f}  {report.per_100k():.1f} per 100 KB")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import pytest
 
 from gatewayd.config.schema import CustomPattern, PiiFilterConfig, SecretsFilterConfig
 from gatewayd.guardrails.filters import regex_pii, secrets
+from gatewayd.guardrails.filters._normalise import scan_view
 from gatewayd.guardrails.filters._spans import fold_case, resolve, tail_holdback
 from gatewayd.guardrails.filters.regex_pii import PiiFilter
 from gatewayd.guardrails.filters.secrets import SecretsFilter
@@ -96,6 +97,10 @@ def test_anchors_at_the_check_digits_are_those_at_the_country_code() -> None:
 
 def _every_search(flt: PiiFilter, text: str) -> list[Span]:
     """What scan finds with every search run on every text, no test deciding to skip one."""
+    return scan_view(lambda folded: _every_search_of(flt, folded), text)
+
+
+def _every_search_of(flt: PiiFilter, text: str) -> list[Span]:
     found: list[Span] = []
     if flt._emails:
         regex_pii._find_emails(text, found, urls=True)
@@ -129,6 +134,10 @@ SECRETS = [
 
 def _every_secret_search(flt: SecretsFilter, text: str) -> list[Span]:
     """What scan finds with every marker, assignment and URL search run on every text."""
+    return scan_view(lambda folded: _every_secret_search_of(flt, folded), text)
+
+
+def _every_secret_search_of(flt: SecretsFilter, text: str) -> list[Span]:
     found: list[Span] = []
     for token in flt._tokens:
         for marker in token.markers:
