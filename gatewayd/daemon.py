@@ -182,6 +182,9 @@ class ArbiterPipe:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        # A heartbeat goes every second: should the arbiter stop reading, a
+        # full pipe must drop bytes, not block this worker's loop.
+        os.set_blocking(fd, False)
 
     def ready(self, status: str) -> None:
         """Listening: the arbiter says READY=1 once every worker is."""

@@ -306,3 +306,27 @@ def test_expiry_is_measured_from_now(ca: TestCA) -> None:
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
     with pytest.raises(TlsError, match="expired on"):
         check(_tls(pair), now=later)
+
+
+def test_ini_server_tls_section_is_the_yaml_table(ca: TestCA, tmp_path: Path) -> None:
+    """[server.tls] in INI loads to the same TlsConfig as server.tls in YAML."""
+    pair = ca.issue("server-a")
+    yaml_path = _write_config(
+        tmp_path,
+        f"""
+        server:
+          tls:
+            cert: {pair.cert}
+            key: {pair.key}
+            client_ca: {ca.path}
+            min_version: 1.3
+        """,
+    )
+    ini_path = tmp_path / "gatewayd.ini"
+    ini_path.write_text(
+        f"[server.tls]\ncert = {pair.cert}\nkey = {pair.key}\n"
+        f"client_ca = {ca.path}\nmin_version = TLSv1.3\n"
+    )
+    expected = TlsConfig(cert=pair.cert, key=pair.key, client_ca=ca.path, min_version="1.3")
+    assert load(yaml_path).server.tls == expected
+    assert load(ini_path).server.tls == expected
