@@ -199,10 +199,14 @@ class Upstream:
                 elapsed = loop.time() - started
                 self._duration.observe(elapsed)
                 pending = None
-                delay = self._next_delay(outcome, attempt, deadline - loop.time(), tried)
+                retryable = self._policy.retryable(outcome)
+                delay = (
+                    self._next_delay(outcome, attempt, deadline - loop.time(), tried)
+                    if retryable
+                    else None
+                )
                 following = self._choose(index + 1) if delay is not None else None
                 if following is None:
-                    retryable = self._policy.retryable(outcome)
                     if resp is None:
                         error = self._error(outcome, kind, attempt)
                         error.retryable = retryable

@@ -144,13 +144,11 @@ class Reply:
         return await self.content.read()
 
     def release(self) -> None:
-        """Done with the answer: pool the connection if the body was read whole."""
+        """Done with the answer: the connection goes back to the pool if the body
+        was read whole (aiohttp's connector closes one with bytes still due)."""
         conn = self._end()
         if conn is not None:
-            if self.content.is_eof():
-                conn.release()
-            else:
-                conn.close()
+            conn.release()
 
     def close(self) -> None:
         """Done with the answer: close the connection (stops the upstream's work)."""
@@ -283,15 +281,24 @@ class PooledTransport:
             else:
                 transport.write(head)
             protocol.start_timeout()
-            timer = self._loop.call_at(deadline, _expire_headers, protocol)
+            # read_timeout alone bounds the wait for headers when it ends first
+            # (nothing arrives to restart it), which spares a timer per request.
+            timer = None
+            read_timeout = self._read_timeout
+            if read_timeout is None or deadline - self._loop.time() <= read_timeout:
+                timer = self._loop.call_at(deadline, _expire_headers, protocol)
             try:
                 message, payload = await protocol.read()
                 while 100 <= message.code < 200:
                     if message.code == 101:
                         raise InvalidResponse("the upstream switched protocols")
+                    if timer is None:
+                        # Each 1xx restarts read_timeout: the deadline takes over.
+                        timer = self._loop.call_at(deadline, _expire_headers, protocol)
                     message, payload = await protocol.read()
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
         except HttpProcessingError as exc:
             conn.close()
             raise InvalidResponse(f"malformed response: {exc.message}") from exc
