@@ -217,3 +217,34 @@ async def test_a_mismatched_pair_on_reload_keeps_the_old_certificate(
     daemon.signal(signal.SIGHUP)
     await daemon.notifications("READY=1", count=3)
     assert await _fingerprints(url, context, count=3) == {new.fingerprint_sha256}
+
+
+async def test_mutual_tls_through_the_daemon(
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """With client_ca, the SDK presenting a client certificate is served; without one, or
+    with one from another CA, the handshake fails and nothing reaches the upstream."""
+    ca = TestCA(tmp_path / "ca")
+    client = ca.issue("app-1", client=True)
+    text = _config(fake_upstream.url, ca.issue("gateway")).replace(
+        "          tls:\n", f"          tls:\n            client_ca: {ca.path}\n"
+    )
+    _, url = await _start(start_daemon, tmp_path, text)
+
+    async def chat(context: ssl.SSLContext) -> str | None:
+        async with httpx.AsyncClient(verify=context) as http:
+            sdk = openai.AsyncOpenAI(
+                base_url=f"{url}/v1", api_key="sk-client", max_retries=0, http_client=http
+            )
+            answer = await sdk.chat.completions.create(
+                model="gpt-fake", messages=[{"role": "user", "content": "ping"}]
+            )
+            return answer.choices[0].message.content
+
+    assert await chat(ca.client_context(client)) == "You said: ping"
+    received = len(fake_upstream.state.received)
+    stranger = TestCA(tmp_path / "other", name="other CA").issue("app-2", client=True)
+    for refused in (ca.client_context(), ca.client_context(stranger)):
+        with pytest.raises(openai.APIConnectionError):
+            await chat(refused)
+    assert len(fake_upstream.state.received) == received
