@@ -136,6 +136,8 @@ def _config(upstream_url: str, dead_url: str) -> str:
             url: {upstream_url}
           fake_v1:
             url: {upstream_url}/v1
+          guarded_v1:
+            url: {upstream_url}/v1
           dead:
             url: {dead_url}
             retry: {_RETRY}
@@ -153,7 +155,7 @@ def _config(upstream_url: str, dead_url: str) -> str:
             upstream: fake
           guarded:
             prefix: /guarded/
-            upstream: fake_v1
+            upstream: guarded_v1
             strip_prefix: true
             policy: strict
           dead:
@@ -164,6 +166,11 @@ def _config(upstream_url: str, dead_url: str) -> str:
             prefix: /broken/
             upstream: tripped
             strip_prefix: true
+          limited:
+            prefix: /limited/
+            upstream: fake_v1
+            strip_prefix: true
+            ratelimit: {{requests_per_minute: 6, burst: 1}}
         filters:
           codenames:
             kind: keywords
@@ -196,9 +203,9 @@ async def test_recording_rules_and_alerts_hold_over_a_real_scrape(
     fake_upstream: FakeUpstream,
     tmp_path: Path,
 ) -> None:
-    """Allowed, blocked and failed traffic on two workers shows in the recording rules
-    by route, status, entity and upstream; the open breaker and a killed worker raise
-    their alerts, and the failing routes a pending 5xx alert."""
+    """Allowed, blocked, rate-limited and failed traffic on two workers shows in the
+    recording rules by route, status, entity, limit and upstream; the open breaker and
+    a killed worker raise their alerts, and the failing routes a pending 5xx alert."""
     run = tmp_path / "run"
     run.mkdir()
     dead = f"http://127.0.0.1:{free_port()}"
@@ -217,7 +224,13 @@ async def test_recording_rules_and_alerts_hold_over_a_real_scrape(
 
         # One round, so every counter exists when scraped, then more over
         # three scrapes: rate() sees each of them grow.
-        sent = {"chat": "/v1", "guarded": "/guarded", "dead": "/dead", "broken": "/broken"}
+        sent = {
+            "chat": "/v1",
+            "guarded": "/guarded",
+            "dead": "/dead",
+            "broken": "/broken",
+            "limited": "/limited",
+        }
         statuses: dict[str, set[int]] = {route: set() for route in sent}
         for count in (1, 5, 5, 5):
             for _ in range(count):
@@ -225,15 +238,29 @@ async def test_recording_rules_and_alerts_hold_over_a_real_scrape(
                     text = "what is bluebird?" if route == "guarded" else "hello"
                     statuses[route].add(await post(f"{prefix}/chat/completions", text))
             await asyncio.sleep(1.2)
-        assert statuses == {"chat": {200}, "guarded": {400}, "dead": {502}, "broken": {502, 503}}
+        assert statuses == {
+            "chat": {200},
+            "guarded": {400},
+            "dead": {502},
+            "broken": {502, 503},
+            "limited": {200, 429},
+        }
 
         await prometheus.until(
             'route_status:gatewayd_requests:rate1m{job="gatewayd"} > 0',
             lambda s: (
                 {(m["route"], m["status"]) for m, _ in s}
-                >= {("chat", "200"), ("guarded", "400"), ("dead", "502"), ("broken", "503")}
+                >= {
+                    ("chat", "200"),
+                    ("guarded", "400"),
+                    ("dead", "502"),
+                    ("broken", "503"),
+                    ("limited", "429"),
+                }
             ),
         )
+        rejected = await prometheus.query("route_limit:gatewayd_ratelimit_rejections:rate1m > 0")
+        assert [(m["route"], m["limit"]) for m, _ in rejected] == [("limited", "requests")]
         ratio = await prometheus.query("route:gatewayd_requests_5xx:ratio_rate1m")
         assert _value(ratio, route="dead") == _value(ratio, route="broken") == 1.0
         # Neither has ever answered a 5xx, so neither has a 5xx series: still 0.
@@ -249,8 +276,8 @@ async def test_recording_rules_and_alerts_hold_over_a_real_scrape(
         assert [(m["entity"], m["stage"]) for m, _ in blocks] == [("KEYWORD", "input")]
 
         attempts = await prometheus.query("upstream:gatewayd_upstream_attempts:rate1m > 0")
-        # Blocked requests never reach fake_v1.
-        assert {m["upstream"] for m, _ in attempts} == {"fake", "dead", "tripped"}
+        # Blocked requests never reach guarded_v1.
+        assert {m["upstream"] for m, _ in attempts} == {"fake", "fake_v1", "dead", "tripped"}
         retries = await prometheus.query("upstream_reason:gatewayd_upstream_retries:rate1m > 0")
         assert ("dead", "connect-failure") in {(m["upstream"], m["reason"]) for m, _ in retries}
         assert {m["reason"] for m, _ in retries} == {"connect-failure"}
@@ -263,6 +290,7 @@ async def test_recording_rules_and_alerts_hold_over_a_real_scrape(
         assert {(m["upstream"], v) for m, v in breakers} == {
             ("fake", 0.0),
             ("fake_v1", 0.0),
+            ("guarded_v1", 0.0),
             ("dead", 0.0),
             ("tripped", 1.0),
         }
