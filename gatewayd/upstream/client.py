@@ -31,7 +31,7 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -145,7 +145,8 @@ class Upstream:
         transport = self._transport
         if transport is None:
             raise RuntimeError(f"upstream {self.name} was not started")
-        index = self._choose(self._targets.first())
+        targets = self._targets
+        index = self._choose(())
         if index is None:
             raise self._all_open()
         loop = asyncio.get_running_loop()
@@ -180,11 +181,15 @@ class Upstream:
                 if self._auth is None and origin.authorization is not None:
                     # Credentials in the target's URL, only when no api_key replaces them.
                     fields = [*out_headers, (hdrs.AUTHORIZATION, origin.authorization)]
+                targets.begin(index)
                 try:
                     resp = await transport.send(
                         origin, method, path_qs, fields, body, deadline=deadline, progress=progress
                     )
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                except BaseException as exc:
+                    targets.end(index)
+                    if not isinstance(exc, TimeoutError | aiohttp.ClientError):
+                        raise
                     failure = exc
                     kind = failure_kind(exc) or INVALID
                     outcome = progress.outcome(kind)
@@ -205,18 +210,19 @@ class Upstream:
                     if retryable
                     else None
                 )
-                following = self._choose(index + 1) if delay is not None else None
+                following = self._choose(tried) if delay is not None else None
                 if following is None:
                     if resp is None:
                         error = self._error(outcome, kind, attempt)
                         error.retryable = retryable
                         raise error from failure
                     # In flight until the caller has read or dropped the body.
-                    resp.on_done(self._released)
+                    resp.on_done(functools.partial(self._released, index))
                     ms = elapsed * 1000.0
                     return UpstreamResponse(resp, attempt, ms, target.label, self.name, retryable)
                 if resp is not None:
                     resp.release()
+                    targets.end(index)
                 index, pending = following, self.breakers[following]
                 self._count_retry(outcome)
                 await asyncio.sleep(delay or 0.0)
@@ -255,11 +261,9 @@ class Upstream:
             "window_retries": retries,
         }
 
-    def _choose(self, start: int) -> int | None:
-        """The first target from `start` on (round-robin) whose breaker lets a call through."""
-        count = len(self.breakers)
-        for step in range(count):
-            index = (start + step) % count
+    def _choose(self, tried: Collection[int]) -> int | None:
+        """The best target (Targets.ranked) whose breaker lets a call through."""
+        for index in self._targets.ranked(tried):
             if self.breakers[index].allow():
                 return index
         return None
@@ -337,8 +341,9 @@ class Upstream:
         error.attempts = attempts
         return error
 
-    def _released(self) -> None:
+    def _released(self, index: int) -> None:
         self._in_flight -= 1
+        self._targets.end(index)
 
     def _on_breaker_change(self, target: str, state: BreakerState) -> None:
         closed = state is BreakerState.CLOSED

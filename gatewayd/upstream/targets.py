@@ -1,14 +1,15 @@
 """The equivalent base URLs of one upstream, and which one a request goes to.
 
-Each request starts at the next target in turn (round-robin); a retry of the
-same request moves on to the following target whose breaker lets it through
-(upstream/client.py), so one sick host does not take every attempt of a request.
+A request goes to the target with the fewest requests in flight, ties to the
+one picked least recently (round-robin), so a slow target gets less of the load; a retry of the
+same request prefers a target it has not tried (upstream/client.py asks each
+one's breaker in this order), so one sick host does not take every attempt.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from yarl import URL
@@ -34,15 +35,18 @@ def parse_target(url: str) -> Target:
 
 
 class Targets:
-    """Round-robin over an upstream's targets."""
+    """An upstream's targets and the requests each has in flight."""
 
-    __slots__ = ("_counter", "_targets")
+    __slots__ = ("_counter", "_last", "_loads", "_targets")
 
     def __init__(self, urls: Sequence[str]) -> None:
         if not urls:
             raise ValueError("an upstream needs at least one url")
         self._targets = tuple(parse_target(url) for url in urls)
         self._counter = itertools.count()
+        self._loads = [0] * len(self._targets)
+        # When each target last got a request, in _counter's ticks.
+        self._last = [-1] * len(self._targets)
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -52,9 +56,23 @@ class Targets:
         """Every target's loggable URL, in configured order."""
         return [t.label for t in self._targets]
 
-    def first(self) -> int:
-        """The starting position for a new request."""
-        return next(self._counter) % len(self._targets)
+    def ranked(self, tried: Collection[int] = ()) -> list[int]:
+        """Every position, best first: untried, then fewest in flight, then
+        least recently begun."""
+        count = len(self._targets)
+        if count == 1:
+            return [0]
+        loads, last = self._loads, self._last
+        return sorted(range(count), key=lambda i: (i in tried, loads[i], last[i]))
+
+    def begin(self, index: int) -> None:
+        """A request to the target at `index` starts."""
+        self._loads[index] += 1
+        self._last[index] = next(self._counter)
+
+    def end(self, index: int) -> None:
+        """A request to the target at `index` is over (its body read or dropped)."""
+        self._loads[index] -= 1
 
     def __getitem__(self, index: int) -> Target:
         return self._targets[index]

@@ -383,6 +383,22 @@ async def test_round_robin_and_retry_moves_to_the_other_target(
     assert _retries(failover, "connect-failure") == 1
 
 
+async def test_a_target_with_a_request_in_flight_is_passed_over(
+    fake_upstream: ServerFactory, make_upstream: UpstreamFactory
+) -> None:
+    """While one target streams a long answer, new requests go to the idle one."""
+    one, two = await fake_upstream(), await fake_upstream()
+    upstream = await make_upstream(_base(one), _base(two))
+    streaming = await upstream.send("GET", "/stall-body", {}, b"")
+    busy, idle = (one, two) if _hits(one.app, "/stall-body") else (two, one)
+    for _ in range(3):
+        assert await _get(upstream, "/echo") == 200
+    assert (_hits(busy.app, "/echo"), _hits(idle.app, "/echo")) == (0, 3)
+    streaming.response.close()
+    assert await _get(upstream, "/echo") == 200
+    assert _hits(busy.app, "/echo") == 1
+
+
 async def test_stall_before_headers_is_upstream_timeout(
     fake_upstream: ServerFactory, make_upstream: UpstreamFactory
 ) -> None:

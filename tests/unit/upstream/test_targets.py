@@ -27,11 +27,47 @@ def test_empty_url_list_is_rejected() -> None:
         Targets([])
 
 
-def test_requests_rotate_over_the_targets() -> None:
-    """Each request starts one target further on, and a position names its target."""
+def _pick(targets: Targets) -> int:
+    """Choose a target for a request that starts now and ends at once."""
+    index = targets.ranked()[0]
+    targets.begin(index)
+    targets.end(index)
+    return index
+
+
+def test_idle_targets_take_turns() -> None:
+    """With nothing in flight each request goes one target further on."""
     targets = Targets(["http://a", "http://b", "http://c"])
-    starts = [targets.first() for _ in range(4)]
-    assert starts == [0, 1, 2, 0]
+    assert [_pick(targets) for _ in range(4)] == [0, 1, 2, 0]
     assert targets[2].label == "http://c"
     assert targets.labels == ["http://a", "http://b", "http://c"]
     assert len(targets) == 3
+
+
+def test_fewest_in_flight_wins_and_ties_take_turns() -> None:
+    """A busy target is passed over while idle ones alternate; equally busy
+    targets go to the one picked least recently."""
+    targets = Targets(["http://a", "http://b", "http://c"])
+    targets.begin(0)
+    assert [_pick(targets) for _ in range(4)] == [1, 2, 1, 2]
+    targets.begin(1)
+    assert targets.ranked() == [2, 0, 1]
+    targets.begin(2)
+    # One each in flight: a began longest ago.
+    assert targets.ranked() == [0, 1, 2]
+    targets.end(1)
+    assert targets.ranked()[0] == 1
+
+
+def test_a_retry_prefers_untried_targets_even_if_busier() -> None:
+    """Targets a request already tried come last, however idle they are."""
+    targets = Targets(["http://a", "http://b", "http://c"])
+    targets.begin(2)
+    assert targets.ranked(tried={0, 1}) == [2, 0, 1]
+
+
+def test_one_target_is_always_first() -> None:
+    """A single target needs no ranking."""
+    targets = Targets(["http://a"])
+    targets.begin(0)
+    assert targets.ranked() == [0]
