@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from gatewayd.config.schema import PiiFilterConfig
+from gatewayd.guardrails.filters._phones import _may_be_international
 from gatewayd.guardrails.filters.regex_pii import PiiFilter
 
 PII = PiiFilter(PiiFilterConfig(name="pii"))
@@ -88,3 +91,25 @@ def test_a_number_without_its_trunk_prefix_is_no_national_format() -> None:
     """Digits valid in France once a 0 is put in front are not a French number without it."""
     assert phones("ref 1 00 20 03 00") == []
     assert phones("ref 01 00 20 03 00") == ["01 00 20 03 00"]
+
+
+def test_the_metadata_prefilter_keeps_every_regions_example_numbers() -> None:
+    """The pattern check before parsing never refuses a number libphonenumber calls valid."""
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None or not phonenumbers.is_valid_number(example):
+                continue
+            e164 = phonenumbers.format_number(example, PhoneNumberFormat.E164)
+            assert _may_be_international(e164[1:]), (region, e164)
+
+
+def test_example_numbers_of_the_default_regions_are_found_as_written_there() -> None:
+    """Each default region's own national format of its example numbers is a phone."""
+    for region in PiiFilterConfig(name="x").phone_regions:
+        for kind in (PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            assert example is not None
+            national = phonenumbers.format_number(example, PhoneNumberFormat.NATIONAL)
+            if any(ch.isspace() or ch in "-.)" for ch in national):
+                assert phones(f"tel {national} ok") == [national], (region, national)
