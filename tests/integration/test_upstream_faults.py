@@ -1,6 +1,7 @@
 """How often the upstream client tries, against a raw HTTP/1.1 server that
-injects faults: drop after reading the whole request, stall, close an idle
-pooled connection, scripted statuses with retry hints; and per-target breakers.
+injects faults: drop after reading the whole request, stall, break off a
+stream, close an idle pooled connection, scripted statuses with retry hints;
+and per-target breakers.
 
 Every case counts both sides: the attempts the client made and the requests
 the upstream actually read, which is what a paid API bills.
@@ -15,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -33,7 +35,8 @@ _REASONS = {200: "OK", 429: "Too Many Requests", 500: "Error", 502: "Bad Gateway
 class FaultyUpstream:
     """A loopback HTTP/1.1 server whose n-th request gets the n-th action (the
     last one repeats): "drop" reads the whole request and closes without an
-    answer, "stall" never answers, "NNN[ Header: value]" answers that status."""
+    answer, "stall" never answers, "break" starts an SSE stream and closes
+    after its first event, "NNN[ Header: value]" answers that status."""
 
     def __init__(self, *actions: str) -> None:
         self.actions = actions or ("200",)
@@ -90,10 +93,21 @@ class FaultyUpstream:
                 if action == "stall":
                     await self.release.wait()
                     return
+                if action == "break":
+                    writer.write(_BROKEN_STREAM)
+                    await writer.drain()
+                    return
                 writer.write(_response(action))
                 await writer.drain()
         finally:
             writer.close()
+
+
+# Chunked, so closing before the last chunk is a broken body, not its end.
+_BROKEN_STREAM = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'10\r\ndata: {"a": 1}\n\n\r\n'
+)
 
 
 def _content_length(head: bytes) -> int:
@@ -334,3 +348,21 @@ async def test_fallback_takes_over_when_every_target_is_ejected(
     assert await _routed(primary, fallback) == (200, 1, fallback.name)
     assert all(b"api-key: spare-key" in head for head in spare.heads)
     assert not any(b"primary-secret" in head for head in spare.heads)
+
+
+async def test_a_stream_broken_off_is_one_attempt_and_a_read_error(
+    faulty: Faulty, make_upstream: Make
+) -> None:
+    """A stream that breaks off after its first event is never retried (the model ran):
+    the caller gets the event, then a payload error; the breaker hears a success."""
+    server = await faulty("break")
+    upstream = await make_upstream(server.url, retry=dataclasses.replace(FAST, on=("5xx", "reset")))
+    sent = await upstream.send("POST", "/v1/chat/completions", {}, b'{"stream": true}')
+    assert (sent.response.status, sent.attempts) == (200, 1)
+    assert await sent.response.content.readany() == b'data: {"a": 1}\n\n'
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await sent.response.content.readany()
+    sent.response.release()
+    assert server.requests == 1
+    assert upstream.status()["in_flight"] == 0
+    assert upstream.breakers[0].state is BreakerState.CLOSED
