@@ -177,14 +177,16 @@ class Upstream:
                 failure: BaseException | None = None
                 kind = ""
                 origin = self._origins[index]
-                fields = out_headers
-                if self._auth is None and origin.authorization is not None:
-                    # Credentials in the target's URL, only when no api_key replaces them.
-                    fields = [*out_headers, (hdrs.AUTHORIZATION, origin.authorization)]
                 targets.begin(index)
                 try:
                     resp = await transport.send(
-                        origin, method, path_qs, fields, body, deadline=deadline, progress=progress
+                        origin,
+                        method,
+                        path_qs,
+                        out_headers,
+                        body,
+                        deadline=deadline,
+                        progress=progress,
                     )
                 except BaseException as exc:
                     targets.end(index)

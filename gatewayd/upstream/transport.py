@@ -78,17 +78,14 @@ class StaleConnection(aiohttp.ServerDisconnectedError):
 
 class Origin:
     """One target's scheme, host and port (a ClientRequest the connector keys
-    its pool by and connects from), its Host header and base path, and the
-    Basic credentials its URL may carry (an Authorization value, or None)."""
+    its pool by and connects from), its Host header and base path."""
 
-    __slots__ = ("authorization", "host", "prefix", "template")
+    __slots__ = ("host", "prefix", "template")
 
     def __init__(self, base: URL, template: ClientRequest) -> None:
         self.template = template
         self.host = base.host_port_subcomponent or ""
         self.prefix = base.raw_path.rstrip("/")
-        auth = aiohttp.BasicAuth.from_url(base)
-        self.authorization = auth.encode() if auth is not None else None
 
     def __repr__(self) -> str:
         return f"Origin({self.host!r})"

@@ -184,13 +184,10 @@ class AnalyzerClient:
         """One call's status and whole body, within the filter's timeout."""
         if self._transport is None or self._origin is None:
             raise RuntimeError(f"presidio filter {self._name} used before start()")
-        origin = self._origin
         fields = [header] if header is not None else []
-        if origin.authorization is not None:
-            fields.append(("Authorization", origin.authorization))
         deadline = asyncio.get_running_loop().time() + self._timeout
         reply = await self._transport.send(
-            origin, method, path, fields, body, deadline=deadline, progress=Progress()
+            self._origin, method, path, fields, body, deadline=deadline, progress=Progress()
         )
         try:
             return reply.status, await reply.read()

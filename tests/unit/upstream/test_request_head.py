@@ -88,9 +88,9 @@ async def test_unsafe_request_target_is_refused(transport: PooledTransport, path
         _request_head(transport.origin("http://h"), "GET", path_qs, [], b"")
 
 
-async def test_url_credentials_become_basic_auth(transport: PooledTransport) -> None:
-    """user:password in a target URL is an Authorization value, not part of Host."""
+async def test_url_credentials_never_reach_the_host_header(transport: PooledTransport) -> None:
+    """user:password in a target URL (the config refuses them) is not sent as part of Host."""
     origin = transport.origin("https://user:pw@example.test/v1")
-    assert origin.authorization == "Basic dXNlcjpwdw=="
-    assert origin.host == "example.test"
+    head = _request_head(origin, "GET", "/models", [], b"")
+    assert head == b"GET /v1/models HTTP/1.1\r\nHost: example.test\r\n\r\n"
     assert "pw" not in repr(origin)
