@@ -20,25 +20,32 @@ from gatewayd.headers import REQUEST_ID, request_id_from
 from gatewayd.observability import health, metrics
 from gatewayd.proxy import Handler, make_handler
 from gatewayd.ratelimit.limiter import Limiter
+from gatewayd.redis_client import RedisClients
 from gatewayd.runtime import RuntimeHolder
 
 RUNTIME = web.AppKey("runtime", RuntimeHolder)
 AUDIT = web.AppKey("audit", AuditWriter)
 LIMITER = web.AppKey("limiter", Limiter)
+REDIS = web.AppKey("redis", RedisClients)
 
 
-def make_app(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) -> web.Application:
+def make_app(
+    holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter, redis: RedisClients
+) -> web.Application:
     """The gateway's application around an (unstarted) runtime, audit writer and limiter.
 
-    The limiter is the process's, not the runtime's: its budgets outlive reloads.
+    The limiter and the Redis connections are the process's, not the
+    runtime's: budgets outlive reloads, and every generation shares the
+    connections.
     """
     app = web.Application(handler_args={"max_field_size": 16384})
     app[RUNTIME] = holder
     app[AUDIT] = audit
     app[LIMITER] = limiter
+    app[REDIS] = redis
     app[health.HEALTH] = health.HealthSources(holder, audit, limiter)
     app.cleanup_ctx.append(_audit_ctx)
-    app.cleanup_ctx.append(_limiter_ctx)
+    app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_runtime_ctx)
     # The gateway's own paths: GET (and so HEAD), never proxied.
     reserved: tuple[tuple[str, Handler], ...] = (
@@ -71,11 +78,11 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
-async def _limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    limiter = app[LIMITER]
-    await limiter.start()
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Closed after the runtime, whose caches use them too.
+    await app[LIMITER].warm()
     yield
-    await limiter.close()
+    await app[REDIS].close()
 
 
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:

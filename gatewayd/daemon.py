@@ -41,6 +41,7 @@ from gatewayd.errors import ConfigError
 from gatewayd.observability import health, metrics
 from gatewayd.observability import logging as gw_logging
 from gatewayd.ratelimit.limiter import Limiter
+from gatewayd.redis_client import RedisClients
 from gatewayd.runtime import Runtime, RuntimeHolder, build_runtime
 from gatewayd.tls import Prepared, TlsError, TlsListener, expiry_warning
 
@@ -233,9 +234,10 @@ class Daemon:
         self._supervisor = supervisor or Systemd()
         # Bound by the arbiter (shared by every worker); None binds server.listen.
         self._sockets = sockets
-        self._holder = RuntimeHolder(build_runtime(config, self._generation))
+        self._redis = RedisClients()
+        self._holder = RuntimeHolder(build_runtime(config, self._generation, self._redis))
         self._audit = AuditWriter(config.audit)
-        self._limiter = Limiter(config.ratelimit)
+        self._limiter = Limiter(config.ratelimit, self._redis)
         self._tls: TlsListener | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -255,7 +257,7 @@ class Daemon:
                 return 1
             _warn_expiry(tls)
             metrics.TLS_CERT_EXPIRY.set(self._tls.info.not_after.timestamp())
-        app = make_app(self._holder, self._audit, self._limiter)
+        app = make_app(self._holder, self._audit, self._limiter, self._redis)
         app[health.HEALTH].tls = self._tls
         if self._max_requests is not None:
             app.on_response_prepare.append(self._count)
@@ -372,7 +374,7 @@ class Daemon:
         try:
             config = await asyncio.to_thread(load, self._source)
             certificate = self._prepare_tls(config)
-            runtime = build_runtime(config, self._generation + 1)
+            runtime = build_runtime(config, self._generation + 1, self._redis)
             await runtime.start()
         except ConfigError as exc:
             return self._reload_failed(old, [str(p) for p in exc.problems])

@@ -22,6 +22,7 @@ from gatewayd.guardrails.pipeline import Guard
 from gatewayd.guardrails.types import Filter
 from gatewayd.identity import Clients
 from gatewayd.ratelimit.limiter import Budgets
+from gatewayd.redis_client import RedisClients
 from gatewayd.routing import RouteTable
 from gatewayd.upstream.client import Upstream
 
@@ -107,9 +108,10 @@ class Runtime:
                 yield f
 
 
-def build_runtime(config: Config, generation: int) -> Runtime:
-    """Compile a validated config: regexes, route table, clients (not yet started)."""
-    filters = {name: build_filter(cfg) for name, cfg in config.filters.items()}
+def build_runtime(config: Config, generation: int, redis: RedisClients) -> Runtime:
+    """Compile a validated config: regexes, route table, clients (not yet started).
+    Redis connections come from `redis`, the process's, shared by every generation."""
+    filters = {name: build_filter(cfg, redis) for name, cfg in config.filters.items()}
     guards = {name: Guard(policy, filters) for name, policy in config.policies.items()}
     return Runtime(
         config=config,

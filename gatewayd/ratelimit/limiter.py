@@ -17,15 +17,12 @@ process's own budgets (allow, counted) or 503 (deny).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import redis.asyncio as redis
 
 from gatewayd.config.schema import Config, Limits, RateLimitConfig, RouteConfig
 from gatewayd.errors import RateLimited, RateLimiterUnavailable
@@ -35,6 +32,7 @@ from gatewayd.ratelimit.backend import Answer, Ask, Backend
 from gatewayd.ratelimit.gcra import Rate
 from gatewayd.ratelimit.memory import MemoryBackend
 from gatewayd.ratelimit.redis_backend import RedisBackend
+from gatewayd.redis_client import RedisClients
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +116,17 @@ class Grant:
 class Limiter:
     """The process's budgets: in memory, or in Redis with memory to fall back on."""
 
-    def __init__(self, config: RateLimitConfig) -> None:
+    def __init__(self, config: RateLimitConfig, redis: RedisClients) -> None:
         self.local = MemoryBackend(config.max_keys)
         self.shared: RedisBackend | None = None
-        self._timeout = config.redis_timeout
         if config.backend == "redis" and config.redis_url is not None:
-            client = redis.Redis.from_url(
-                config.redis_url,
-                socket_timeout=config.redis_timeout,
-                socket_connect_timeout=config.redis_timeout,
-            )
-            self.shared = RedisBackend(client)
+            self.shared = RedisBackend(redis.client(config.redis_url), config.redis_timeout)
         self._skip_until = 0.0
 
-    async def start(self) -> None:
+    async def warm(self) -> None:
+        """Open the Redis connection before serving, when there is one."""
         if self.shared is not None:
-            await self.shared.start()
-
-    async def close(self) -> None:
-        if self.shared is not None:
-            await self.shared.close()
+            await self.shared.warm()
 
     def status(self) -> dict[str, Any]:
         """The backend that decides and how it is doing, for /health/detailed."""
@@ -183,10 +172,7 @@ class Limiter:
             failure = RateLimiterUnavailable("skipped")
         else:
             try:
-                async with asyncio.timeout(self._timeout):
-                    answer = await shared.acquire(ask)
-            except TimeoutError:
-                failure = RateLimiterUnavailable("timeout")
+                answer = await shared.acquire(ask)
             except RateLimiterUnavailable as exc:
                 failure = exc
             else:
@@ -214,12 +200,10 @@ class Limiter:
         if backend is None or (ask.tokens is None and not ask.max_concurrent):
             return
         try:
-            async with asyncio.timeout(self._timeout):
-                await backend.settle(ask, used)
-        except (TimeoutError, RateLimiterUnavailable) as exc:
+            await backend.settle(ask, used)
+        except RateLimiterUnavailable as exc:
             # The reservation stands and the slot's lease runs out by itself.
-            kind = exc.kind if isinstance(exc, RateLimiterUnavailable) else "timeout"
-            metrics.child(metrics.RATELIMIT_BACKEND_ERRORS, kind).inc()
+            metrics.child(metrics.RATELIMIT_BACKEND_ERRORS, exc.kind).inc()
 
 
 def _limited(plan: Plan, answer: Answer) -> RateLimited:

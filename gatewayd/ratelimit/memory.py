@@ -36,12 +36,6 @@ class MemoryBackend:
         self._tokens: dict[str, float] = {}
         self._inflight: dict[str, int] = {}
 
-    async def start(self) -> None:
-        """Nothing to open."""
-
-    async def close(self) -> None:
-        """Nothing to close: the budgets outlive every config generation."""
-
     async def acquire(self, ask: Ask) -> Answer:
         return self.decide(ask)
 

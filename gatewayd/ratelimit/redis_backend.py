@@ -13,14 +13,14 @@ instance killed with -9 frees itself after the lease.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
-
-import redis.asyncio as redis
 
 from gatewayd.errors import RateLimiterUnavailable
 from gatewayd.ratelimit.backend import Answer, Ask, Limit
 from gatewayd.ratelimit.gcra import Rate, Take
+from gatewayd.redis_client import RedisClient, RedisReplyError, RedisUnavailable, Script
 
 # ARGV: requests interval, capacity (0: no limit); tokens interval, capacity,
 # cost; max concurrent (0: none), lease id, lease seconds.
@@ -117,27 +117,25 @@ return 0
 
 _REFUSED: tuple[Limit | None, ...] = (None, "requests", "tokens", "concurrency")
 _US = 1_000_000
-_ERRORS = (redis.RedisError, OSError, TimeoutError)
+_ACQUIRE_SCRIPT = Script(_ACQUIRE)
+_SETTLE_SCRIPT = Script(_SETTLE)
 
 
 class RedisBackend:
-    """Budgets on the Redis at `client`; every failure is a RateLimiterUnavailable."""
+    """Budgets on the Redis `client` talks to; every failure is a RateLimiterUnavailable."""
 
     name = "redis"
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient, timeout: float) -> None:
         self._client = client
-        self._acquire = client.register_script(_ACQUIRE)
-        self._settle = client.register_script(_SETTLE)
+        self._timeout = timeout
         # A moving average of recent decisions' round trips, for /health/detailed.
         self._latency: float | None = None
         self._healthy = True
 
-    async def start(self) -> None:
-        """Nothing to open: connections are made on first use (Redis may be down)."""
-
-    async def close(self) -> None:
-        await self._client.aclose()
+    async def warm(self) -> None:
+        """Connect before the first decision, so that one does not pay for it."""
+        await self._client.warm()
 
     async def acquire(self, ask: Ask) -> Answer:
         requests, tokens = ask.requests, ask.tokens
@@ -150,17 +148,12 @@ class RedisBackend:
             ask.lease_for,
         )
         started = time.perf_counter()
-        try:
-            reply = await self._acquire(keys=_keys(ask.key), args=args)
-        except _ERRORS as exc:
-            self._healthy = False
-            raise _unavailable(exc) from exc
+        reply = await self._run(_ACQUIRE_SCRIPT, _keys(ask.key), args)
         self._measure(time.perf_counter() - started)
         refused = _REFUSED[int(reply[0])]
-        retry_after = int(reply[1]) / _US
         return Answer(
             refused,
-            retry_after,
+            int(reply[1]) / _US,
             _take(requests, refused is None, reply[2], reply[3]),
             _take(tokens, refused is None, reply[4], reply[5]),
         )
@@ -171,11 +164,21 @@ class RedisBackend:
             return
         interval = ask.tokens.interval if ask.tokens is not None else 0
         lease = ask.lease if ask.max_concurrent else ""
+        await self._run(_SETTLE_SCRIPT, _keys(ask.key)[1:], (interval, delta, lease))
+
+    async def _run(self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         try:
-            await self._settle(keys=_keys(ask.key)[1:], args=(interval, delta, lease))
-        except _ERRORS as exc:
+            async with asyncio.timeout(self._timeout):
+                return await script(self._client, keys, args)
+        except TimeoutError:
             self._healthy = False
-            raise _unavailable(exc) from exc
+            raise RateLimiterUnavailable("timeout") from None
+        except RedisUnavailable as exc:
+            self._healthy = False
+            raise RateLimiterUnavailable(exc.kind) from exc
+        except RedisReplyError as exc:
+            self._healthy = False
+            raise RateLimiterUnavailable("error") from exc
 
     def _measure(self, seconds: float) -> None:
         self._healthy = True
@@ -185,15 +188,6 @@ class RedisBackend:
     def status(self) -> dict[str, Any]:
         latency = round(self._latency, 3) if self._latency is not None else None
         return {"backend": self.name, "healthy": self._healthy, "latency_ms": latency}
-
-
-def _unavailable(exc: BaseException) -> RateLimiterUnavailable:
-    """The error for a Redis client failure, by its kind."""
-    if isinstance(exc, TimeoutError | redis.TimeoutError):
-        return RateLimiterUnavailable("timeout")
-    if isinstance(exc, OSError | redis.ConnectionError):
-        return RateLimiterUnavailable("connection")
-    return RateLimiterUnavailable("error")
 
 
 def _keys(key: str) -> tuple[str, str, str]:

@@ -268,7 +268,7 @@ async def test_the_budget_survives_a_reload(tmp_path: Path, fake_upstream: FakeU
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         assert [(await _chat(client, gw.url))[0] for _ in range(2)] == [200, 200]
-        runtime = build_runtime(config, 2)
+        runtime = build_runtime(config, 2, gw.redis)
         await runtime.start()
         old, gw.holder.current = gw.holder.current, runtime
         await old.close()
@@ -344,6 +344,10 @@ async def test_two_gateways_on_one_redis_share_one_budget(
 
         results = await asyncio.gather(*(hammer(gw.url) for gw in (one, two) for _ in range(8)))
         elapsed = loop.time() - started
+        async with client.get(f"{one.url}/health/detailed") as resp:
+            health = (await resp.json())["ratelimit"]
+    assert (health["backend"], health["healthy"]) == ("redis", True)
+    assert health["latency_ms"] > 0
     statuses = [s for r in results for s in r]
     allowed = statuses.count(200)
     assert set(statuses) == {200, 429}

@@ -11,10 +11,12 @@ from gatewayd.config.schema import (
     SecretsFilterConfig,
 )
 from gatewayd.guardrails.types import Filter
+from gatewayd.redis_client import RedisClients
 
 
-def build_filter(config: FilterConfig) -> Filter:
-    """Compile one configured filter; regexes and word lists are built here, once."""
+def build_filter(config: FilterConfig, redis: RedisClients | None = None) -> Filter:
+    """Compile one configured filter; regexes and word lists are built here, once.
+    A Presidio cache's Redis connection comes from `redis`, the process's."""
     # Imported here so a config without Presidio never pays for its client.
     if isinstance(config, PiiFilterConfig):
         from gatewayd.guardrails.filters.regex_pii import PiiFilter
@@ -35,5 +37,5 @@ def build_filter(config: FilterConfig) -> Filter:
     if isinstance(config, PresidioFilterConfig):
         from gatewayd.guardrails.filters.presidio import PresidioFilter
 
-        return PresidioFilter(config)
+        return PresidioFilter(config, redis)
     raise TypeError(f"unknown filter config {type(config).__name__}")

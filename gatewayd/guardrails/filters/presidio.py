@@ -22,12 +22,13 @@ from gatewayd.guardrails.filters.presidio_cache import KeyMaker, MemoryCache, Re
 from gatewayd.guardrails.filters.presidio_client import AnalyzerClient
 from gatewayd.guardrails.types import FilterHealth, Span
 from gatewayd.observability.metrics import PRESIDIO_CACHE
+from gatewayd.redis_client import RedisClients
 
 
 class PresidioFilter:
     """Finds Presidio's entities (EMAIL_ADDRESS, IBAN_CODE, ...) in batches of texts."""
 
-    def __init__(self, config: PresidioFilterConfig) -> None:
+    def __init__(self, config: PresidioFilterConfig, redis: RedisClients | None = None) -> None:
         self.name = config.name
         self.on_error: OnError | None = config.on_error
         self._config = config
@@ -35,6 +36,9 @@ class PresidioFilter:
         self._memory = MemoryCache(config.cache_size, config.cache_ttl)
         self._client = AnalyzerClient(config)
         self._redis: RedisCache | None = None
+        # The process's shared connections; without them, connections of its own.
+        self._own_redis = redis is None
+        self._redis_clients = redis if redis is not None else RedisClients()
         self._inflight: dict[str, asyncio.Future[Spans]] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self._hit = PRESIDIO_CACHE.labels(filter=config.name, tier="memory", result="hit")
@@ -44,7 +48,8 @@ class PresidioFilter:
         """Open the analyzer's connection pool and, with redis_url, the shared cache."""
         await self._client.start()
         if self._config.redis_url and self._config.cache_ttl > 0:
-            self._redis = RedisCache.connect(self._config.redis_url, self._config)
+            client = self._redis_clients.client(self._config.redis_url)
+            self._redis = RedisCache(client, self._config)
 
     async def close(self) -> None:
         """Abandon lookups still running, then close the pool and the Redis client."""
@@ -52,9 +57,9 @@ class PresidioFilter:
             task.cancel()
         await asyncio.gather(*self._fills, return_exceptions=True)
         await self._client.close()
-        if self._redis is not None:
-            await self._redis.close()
-            self._redis = None
+        self._redis = None
+        if self._own_redis:
+            await self._redis_clients.close()
 
     async def health(self) -> FilterHealth:
         """Probe the analyzer's GET /health and report the breaker's state."""

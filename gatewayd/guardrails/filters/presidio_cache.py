@@ -8,6 +8,7 @@ own circuit breaker and a failed lookup is a miss.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -15,12 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import orjson
-import redis.asyncio as redis
 
 from gatewayd.breaker import BreakerState, CircuitBreaker
 from gatewayd.config.schema import PresidioFilterConfig
 from gatewayd.guardrails.types import Span
 from gatewayd.observability.metrics import PRESIDIO_CACHE
+from gatewayd.redis_client import RedisClient, RedisReplyError, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,13 @@ class MemoryCache:
 class RedisCache:
     """The shared tier: spans as JSON under `gatewayd:presidio:<key>`, expiring with ttl."""
 
-    __slots__ = ("_breaker", "_client", "_error", "_filter", "_hit", "_miss", "_ttl_ms")
+    __slots__ = ("_breaker", "_client", "_error", "_filter", "_hit", "_miss", "_timeout", "_ttl_ms")
 
-    def __init__(self, client: redis.Redis, config: PresidioFilterConfig) -> None:
+    def __init__(self, client: RedisClient, config: PresidioFilterConfig) -> None:
         self._client = client
+        # The cache must never cost more than the call it saves: a Redis that
+        # does not answer within this is treated as down.
+        self._timeout = min(_REDIS_TIMEOUT, config.timeout)
         self._filter = config.name
         self._ttl_ms = max(1, int(config.cache_ttl * 1000))
         self._breaker = CircuitBreaker(config.breaker, on_change=self._on_change)
@@ -107,23 +111,15 @@ class RedisCache:
         self._miss = PRESIDIO_CACHE.labels(filter=config.name, tier="redis", result="miss")
         self._error = PRESIDIO_CACHE.labels(filter=config.name, tier="redis", result="error")
 
-    @classmethod
-    def connect(cls, url: str, config: PresidioFilterConfig) -> RedisCache:
-        """A tier on the Redis at `url`; connections are made on first use."""
-        # The cache must never cost more than the call it saves: a Redis that
-        # does not answer within this is treated as down.
-        timeout = min(_REDIS_TIMEOUT, config.timeout)
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        return cls(client, config)
-
     async def get_many(self, keys: Sequence[str]) -> list[Spans | None]:
         """Spans per key, None for a miss; every key misses while Redis is failing."""
         if not self._breaker.allow():
             self._error.inc(len(keys))
             return [None] * len(keys)
         try:
-            values = await self._client.mget([REDIS_PREFIX + key for key in keys])
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self._timeout):
+                values = await self._client.call("MGET", *[REDIS_PREFIX + key for key in keys])
+        except (RedisUnavailable, RedisReplyError, TimeoutError) as exc:
             self._failed(exc)
             self._error.inc(len(keys))
             return [None] * len(keys)
@@ -138,20 +134,17 @@ class RedisCache:
         """Store fresh results for the other instances; a failure is counted, not raised."""
         if not self._breaker.allow():
             return
-        pipe = self._client.pipeline(transaction=False)
-        for key, spans in items:
-            pipe.set(REDIS_PREFIX + key, encode(spans), px=self._ttl_ms)
+        commands = [
+            ("SET", REDIS_PREFIX + key, encode(spans), "PX", self._ttl_ms) for key, spans in items
+        ]
         try:
-            await pipe.execute()
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self._timeout):
+                await self._client.pipeline(commands)
+        except (RedisUnavailable, RedisReplyError, TimeoutError) as exc:
             self._failed(exc)
             self._error.inc(len(items))
             return
         self._breaker.record_success()
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
 
     def _failed(self, exc: BaseException) -> None:
         self._breaker.record_failure()
