@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             warning = expiry_warning(config.server.tls)
             if warning is not None:
                 print(f"{path}: {warning}", file=sys.stderr)
+        if config.server.workers > 1 and config.ratelimit.backend == "memory":
+            print(
+                f"{path}: warning: ratelimit.backend: memory keeps budgets per worker, so"
+                f" {config.server.workers} workers allow {config.server.workers} times each"
+                " limit; use backend: redis to share them",
+                file=sys.stderr,
+            )
         print(f"{path}: configuration ok")
         return 0
     if args.command == "audit":

@@ -195,3 +195,16 @@ def test_audit_needs_an_action(good: Path, capsys: pytest.CaptureFixture[str]) -
     """`gatewayd audit` alone is a usage error naming the actions."""
     assert main(["-c", str(good), "audit"]) == 2
     assert "tail" in capsys.readouterr().err
+
+
+def test_check_config_warns_of_per_worker_memory_budgets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Memory budgets under several workers pass the check with a warning saying why."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "server:\n  workers: 4\nupstreams:\n  u:\n    url: http://127.0.0.1:9\n"
+        "ratelimit:\n  requests_per_minute: 60\n"
+    )
+    assert main(["-c", str(path), "--check-config"]) == 0
+    assert "4 workers allow 4 times each limit" in capsys.readouterr().err
