@@ -409,3 +409,29 @@ async def test_a_token_limit_with_streams_holds_across_gateways(
         assert status == 429
         status, _, _ = await _chat(client, two.url, max_tokens=2000)
         assert status == 200
+
+
+async def test_rotating_made_up_keys_buys_no_budget(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """Under key: client, a caller sending a new unknown key each time spends one budget."""
+    extra = "\n        ratelimit:\n          requests_per_minute: 60\n          burst: 2\n"
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        statuses = [
+            (await _chat(client, gw.url, {"Authorization": f"Bearer sk-made-up-{n}"}))[0]
+            for n in range(4)
+        ]
+    assert statuses == [200, 200, 429, 429]
+
+
+async def test_concurrent_requests_racing_one_key_get_exactly_the_burst(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """Twenty requests at once against a burst of five: five pass, fifteen are refused."""
+    extra = "\n        ratelimit:\n          requests_per_minute: 6\n          burst: 5\n"
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        results = await asyncio.gather(*(_chat(client, gw.url) for _ in range(20)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200] * 5 + [429] * 15
