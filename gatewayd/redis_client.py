@@ -50,11 +50,15 @@ class RedisReplyError(GatewayError):
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("_reader", "_waiting", "lost", "transport")
+    __slots__ = ("_loop", "_outgoing", "_reader", "_waiting", "lost", "transport")
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        # Commands packed during this turn of the loop, written together at
+        # its end: a write is a syscall, and concurrent requests share it.
+        self._outgoing: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.lost = False
 
@@ -86,11 +90,17 @@ class _Protocol(asyncio.Protocol):
         self._waiting.clear()
 
     def send(self, packed: bytes) -> asyncio.Future[Reply]:
-        assert self.transport is not None
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = self._loop.create_future()
         self._waiting.append(future)
-        self.transport.write(packed)
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(packed)
         return future
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
 
     def _fail(self) -> None:
         if self.transport is not None:
