@@ -340,13 +340,15 @@ class Daemon:
             self._events.put_nowait("retire")
 
     async def _retire(self, runner: web.AppRunner, sites: list[web.BaseSite]) -> Event:
-        """Stop accepting, wait for the clients to close (shutdown_timeout at most); what ended it.
+        """Stop accepting, wait until the clients have closed; what ended the wait.
 
         The listening sockets stay open in the arbiter and the other workers,
         so connections waiting to be accepted go to them, not to an RST. A
         keep-alive connection ends after its next response (Connection:
-        close), so no request races an idle close; one whose client stays
-        silent is closed by the drain that follows.
+        close), so no request races an idle close; an idle one is closed by
+        aiohttp after read_timeout, as always. The wait is bounded by the
+        longest a request may take (its upstream's total_timeout), so a
+        retirement never cuts a stream short.
         """
         log.info(
             "served max_requests; retiring",
@@ -356,7 +358,7 @@ class Daemon:
         for site in sites:
             await site.stop()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._holder.current.config.server.shutdown_timeout
+        deadline = loop.time() + self._holder.current.longest_request
         while runner.server is not None and runner.server.connections and loop.time() < deadline:
             try:
                 event = await asyncio.wait_for(self._events.get(), RETIRE_POLL)

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.conftest import FakeUpstream
 from tests.e2e.conftest import DaemonProcess
-from tests.e2e.test_workers import _chat, _children, _records, _start, _until
+from tests.e2e.test_workers import _alive, _chat, _children, _records, _start, _until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +26,12 @@ StartDaemon = Callable[..., Awaitable[DaemonProcess]]
 HANG = Path(__file__).with_name("hang")
 
 
-def _config(upstream_url: str, server: str) -> str:
+def _config(upstream_url: str, server: str, shutdown_timeout: str = "5s") -> str:
     return f"""
         server:
           listen: "{{listen}}"
           workers: 2
-          shutdown_timeout: 5s
+          shutdown_timeout: {shutdown_timeout}
           {server}
         upstreams:
           fake:
@@ -117,3 +118,43 @@ async def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced(
     assert await daemon.metric("gatewayd_worker_restarts_total", {"reason": "timeout"}) == 1
     async with aiohttp.ClientSession() as session:
         assert await _chat(session, daemon) == 200
+
+
+async def test_a_stream_on_a_retiring_worker_runs_to_its_end(
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The request that reaches max_requests is a stream longer than shutdown_timeout: the
+    worker retires at once, the stream still arrives whole (ending the connection), and
+    only then the worker exits."""
+    text = _config(fake_upstream.url, "max_requests: 2", shutdown_timeout="200ms")
+    daemon = await _start(start_daemon, tmp_path, text)
+    fake_upstream.state.event_delay = 0.1
+    body = {
+        "model": "gpt-fake",
+        "stream": True,
+        "messages": [{"role": "user", "content": "a story that takes a while to tell"}],
+    }
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        async with session.get(f"{daemon.url}/health/detailed") as resp:
+            pid = (await resp.json())["pid"]
+        async with session.post(f"{daemon.url}/v1/chat/completions", json=body) as resp:
+            assert resp.headers["Connection"] == "close"
+            first = await resp.content.readline()
+            await _until(
+                lambda: any(
+                    r["msg"] == "worker retiring after max_requests" and r["pid"] == pid
+                    for r in _records(daemon)
+                ),
+                "the arbiter hears the worker retire",
+            )
+            assert _alive(pid)
+            rest = await resp.content.read()
+    events = [line[6:] for line in (first + rest).splitlines() if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    answer = "".join(
+        orjson.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]
+    )
+    assert answer == "You said: a story that takes a while to tell"
+    await _until(lambda: not _alive(pid), "the retired worker exits")
+    exits = [r for r in _records(daemon) if r["msg"] == "worker exited" and r["pid"] == pid]
+    assert [r["exit"] for r in exits] == ["exit status 0"]
