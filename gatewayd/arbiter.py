@@ -25,8 +25,9 @@ Two more ways a worker is replaced. One that has served server.max_requests
 says it is retiring: its replacement is forked at once and the old one
 drains on its own. One whose heartbeat (a byte every second or so, written
 by its event loop) has been silent for server.worker_timeout is stuck, in a
-regex or a C call that never yields; it is killed and respawned like a
-worker that died.
+regex or a C call that never yields: it is told to write every thread's
+stack to its stderr (the journal), then killed and respawned like a worker
+that died.
 
 Import this module only once $PROMETHEUS_MULTIPROC_DIR is set (gatewayd.cli
 does): it imports the daemon, and with it prometheus_client.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import selectors
 import signal
@@ -52,7 +54,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from gatewayd import systemd
 from gatewayd.config import load
 from gatewayd.config.schema import Config, Listen
-from gatewayd.daemon import READY, RELOAD_FAILED, RELOADED, RETIRING, serve_worker
+from gatewayd.daemon import READY, RELOAD_FAILED, RELOADED, RETIRING, STACKS, serve_worker
 from gatewayd.errors import ConfigError
 from gatewayd.observability import logging as gw_logging
 from gatewayd.observability import metrics
@@ -72,6 +74,8 @@ RESPAWN_BACKOFF = 0.1
 # Past shutdown_timeout a worker still closes its audit writer (up to 5 s)
 # and its clients; after this much more it is killed.
 STOP_GRACE = 10.0
+# A stuck worker gets this long to write its stacks (STACKS) before SIGKILL.
+STACKS_GRACE = 0.5
 
 
 def run(config: Config) -> int:
@@ -93,8 +97,13 @@ class Worker:
     reloads: int = 0
     # Draining after max_requests; its replacement is already forked.
     retiring: bool = False
-    # Killed for a silent heartbeat.
-    hung: bool = False
+    # Its heartbeat went silent: when it is to be killed (after its stacks
+    # are written), infinity once it has been.
+    kill_at: float | None = None
+
+    @property
+    def hung(self) -> bool:
+        return self.kill_at is not None
 
 
 class Arbiter:
@@ -176,7 +185,8 @@ class Arbiter:
             due = [*due, self._stop_deadline]
         if not self._stopping:
             timeout = self._boot.server.worker_timeout
-            due.extend(w.seen + timeout for w in self._workers.values() if not w.hung)
+            for worker in self._workers.values():
+                due.append(worker.seen + timeout if worker.kill_at is None else worker.kill_at)
         if self._reloading:
             due = [*due, self._reload_deadline]
         return max(0.0, min(due) - time.monotonic()) if due else None
@@ -274,16 +284,20 @@ class Arbiter:
         self._check_reloaded()
 
     def _kill_hung(self, now: float) -> None:
-        """SIGKILL every worker whose heartbeat has been silent for worker_timeout."""
+        """Workers silent for worker_timeout: have their stacks written, then SIGKILL them."""
         timeout = self._boot.server.worker_timeout
         for worker in self._workers.values():
-            if not worker.hung and now - worker.seen > timeout:
-                worker.hung = True
+            if worker.kill_at is not None:
+                if now >= worker.kill_at:
+                    worker.kill_at = math.inf
+                    _signal(worker.pid, signal.SIGKILL)
+            elif now - worker.seen > timeout:
+                worker.kill_at = now + STACKS_GRACE
                 log.error(
                     "worker's event loop is stuck; killing it",
                     extra={"fields": {"pid": worker.pid, "silent_s": round(now - worker.seen, 1)}},
                 )
-                _signal(worker.pid, signal.SIGKILL)
+                _signal(worker.pid, STACKS)
 
     def _reap(self) -> None:
         while True:

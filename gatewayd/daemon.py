@@ -21,6 +21,7 @@ flight, open streams included, finish on the generation they started on.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import random
@@ -59,6 +60,10 @@ HEARTBEAT_SHARE = 0.25
 # How often a worker checks that its arbiter is still there (and at most how
 # long between heartbeats).
 ORPHAN_CHECK = 1.0
+# Makes a worker write every thread's Python stack to stderr (faulthandler,
+# from C, so also while its loop is stuck): the arbiter sends it before it
+# kills a worker whose heartbeat stopped, so the log says where it hung.
+STACKS = signal.SIGUSR2
 # How often a retiring worker looks whether its last connection has closed.
 RETIRE_POLL = 0.05
 
@@ -108,6 +113,7 @@ def serve_worker(
         config, generation=generation, supervisor=pipe, sockets=sockets, max_requests=limit
     )
     beat = min(ORPHAN_CHECK, server.worker_timeout * HEARTBEAT_SHARE)
+    faulthandler.register(STACKS, all_threads=True)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve_until_orphaned(daemon, arbiter, pipe, beat))
 

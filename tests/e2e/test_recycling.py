@@ -75,8 +75,8 @@ async def test_workers_retire_after_max_requests_without_a_failed_request(
 async def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced(
     start_daemon: StartDaemon, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    """A worker whose event loop blocks is SIGKILLed after worker_timeout and replaced,
-    and requests keep succeeding on the other worker meanwhile."""
+    """A worker whose event loop blocks writes its stacks, is SIGKILLed after
+    worker_timeout and replaced, and requests keep succeeding on the other worker."""
     run = tmp_path / "run"
     run.mkdir()
     daemon = await start_daemon(
@@ -115,6 +115,9 @@ async def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced(
     killed = [r for r in _records(daemon) if r["msg"] == "worker's event loop is stuck; killing it"]
     assert [r["pid"] for r in killed] == [stuck]
     assert killed[0]["silent_s"] >= 2
+    # faulthandler's dump names the function the loop was stuck in.
+    assert 'sitecustomize.py", line' in daemon.log()
+    assert " in _hang" in daemon.log()
     assert await daemon.metric("gatewayd_worker_restarts_total", {"reason": "timeout"}) == 1
     async with aiohttp.ClientSession() as session:
         assert await _chat(session, daemon) == 200
