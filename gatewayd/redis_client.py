@@ -23,6 +23,7 @@ cache's), owned by the daemon and closed when it stops.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import contextlib
 import hashlib
@@ -107,49 +108,32 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
-class RedisClient:
-    """Commands to the Redis at `url` over one shared, pipelined connection."""
+class _Node:
+    """One pipelined connection to one Redis server, made again when lost."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
-        parts = urlsplit(url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
-        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        hello: list[tuple[Any, ...]],
+        connect_timeout: float,
+    ) -> None:
+        self._address = (host, port)
+        self._ssl = tls
+        # AUTH (and SELECT), sent first on every new connection.
+        self._hello = hello
         self._connect_timeout = connect_timeout
-        # AUTH and SELECT, sent first on every new connection.
-        self._hello: list[tuple[Any, ...]] = []
-        if parts.password is not None:
-            user = unquote(parts.username) if parts.username else None
-            password = unquote(parts.password)
-            self._hello.append(("AUTH", user, password) if user else ("AUTH", password))
-        db = parts.path.strip("/")
-        if db and db != "0":
-            self._hello.append(("SELECT", int(db)))
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
 
-    async def call(self, *args: Any) -> Reply:
-        """One command's reply, or RedisUnavailable / RedisReplyError. Callers
-        bound it with asyncio.timeout: their deadlines differ."""
+    async def send(self, commands: tuple[tuple[Any, ...], ...]) -> list[asyncio.Future[Reply]]:
+        """Write `commands` back to back; their reply futures, in order."""
         try:
             protocol = await self._connected()
         except OSError as exc:
             raise RedisUnavailable("connection") from exc
-        return await protocol.send(hiredis.pack_command(args))
-
-    async def warm(self) -> None:
-        """Connect now rather than on the first command; a Redis that is down is no error."""
-        with contextlib.suppress(OSError, RedisReplyError):
-            await self._connected()
-
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Reply]:
-        """Several commands written at once, their replies in order."""
-        try:
-            protocol = await self._connected()
-        except OSError as exc:
-            raise RedisUnavailable("connection") from exc
-        futures = [protocol.send(hiredis.pack_command(c)) for c in commands]
-        return [await future for future in futures]
+        return [protocol.send(hiredis.pack_command(c)) for c in commands]
 
     async def _connected(self) -> _Protocol:
         protocol = self._protocol
@@ -169,11 +153,10 @@ class RedisClient:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
-            _, protocol = await loop.create_connection(
-                _Protocol, self._host, self._port, ssl=self._ssl
-            )
+            host, port = self._address
+            _, protocol = await loop.create_connection(_Protocol, host, port, ssl=self._ssl)
             for command in self._hello:
-                await protocol.send(hiredis.pack_command(tuple(a for a in command if a)))
+                await protocol.send(hiredis.pack_command(command))
         self._protocol = protocol
         return protocol
 
@@ -186,6 +169,102 @@ class RedisClient:
             protocol.transport.close()
 
 
+class RedisClient:
+    """Commands to the Redis at `url`: one server, or a Redis Cluster reached through it.
+
+    A cluster node that does not serve a key's slot answers MOVED (the slot
+    lives elsewhere now) or ASK (it is moving); the command is sent where it
+    says, and a MOVED slot is remembered, so the next command for it goes
+    straight to its node. Commands name their key for that (`key=`); keys
+    with one hash tag share a slot, so a script's keys stay together.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
+        parts = urlsplit(url)
+        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        self._connect_timeout = connect_timeout
+        self._auth: list[tuple[Any, ...]] = []
+        if parts.password is not None:
+            password = unquote(parts.password)
+            user = unquote(parts.username) if parts.username else None
+            self._auth.append(("AUTH", user, password) if user else ("AUTH", password))
+        db = parts.path.strip("/")
+        select = [("SELECT", int(db))] if db and db != "0" else []
+        self._entry = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._nodes = {self._entry: self._node(self._entry, self._auth + select)}
+        # Slot -> node, learnt from MOVED answers; empty outside a cluster.
+        self._slots: dict[int, tuple[str, int]] = {}
+
+    async def call(self, *args: Any, key: str | None = None) -> Reply:
+        """One command's reply, or RedisUnavailable / RedisReplyError. Callers
+        bound it with asyncio.timeout: their deadlines differ."""
+        address = self._entry
+        if key is not None and self._slots:
+            address = self._slots.get(slot(key), self._entry)
+        asking = False
+        for _ in range(_REDIRECTS):
+            node = self._nodes.get(address) or self._add(address)
+            commands = (("ASKING",), args) if asking else (args,)
+            futures = await node.send(commands)
+            try:
+                for future in futures[:-1]:
+                    await future
+                return await futures[-1]
+            except RedisReplyError as exc:
+                redirect = _redirect(str(exc))
+                if redirect is None:
+                    raise
+                moved, number, address = redirect
+                if moved:
+                    self._slots[number] = address
+                asking = not moved
+        raise RedisUnavailable("redirects")
+
+    async def warm(self) -> None:
+        """Connect now rather than on the first command; a Redis that is down is no error."""
+        with contextlib.suppress(RedisUnavailable, RedisReplyError, OSError):
+            await self.call("PING")
+
+    def _node(self, address: tuple[str, int], hello: list[tuple[Any, ...]]) -> _Node:
+        return _Node(address[0], address[1], self._ssl, hello, self._connect_timeout)
+
+    def _add(self, address: tuple[str, int]) -> _Node:
+        # Cluster nodes serve database 0 only: no SELECT.
+        node = self._nodes[address] = self._node(address, self._auth)
+        return node
+
+    async def close(self) -> None:
+        for node in self._nodes.values():
+            await node.close()
+
+
+# A command is sent on at most this many times while a cluster reshards.
+_REDIRECTS = 5
+
+
+def _redirect(message: str) -> tuple[bool, int, tuple[str, int]] | None:
+    """(moved, slot, node) of a `MOVED 3999 127.0.0.1:6381` or `ASK ...` answer."""
+    kind, _, rest = message.partition(" ")
+    if kind not in ("MOVED", "ASK"):
+        return None
+    number, _, node = rest.partition(" ")
+    host, _, port = node.rpartition(":")
+    if not number.isdigit() or not port.isdigit():
+        return None
+    return kind == "MOVED", int(number), (host.strip("[]"), int(port))
+
+
+def slot(key: str) -> int:
+    """The cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole key."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) % 16384
+
+
 class Script:
     """A Lua script run by its SHA1, loaded into Redis (EVAL) the first time it is missing."""
 
@@ -196,13 +275,14 @@ class Script:
     async def __call__(
         self, client: RedisClient, keys: tuple[str, ...], args: tuple[Any, ...]
     ) -> Reply:
+        first = keys[0] if keys else None
         try:
-            return await client.call("EVALSHA", self._sha, len(keys), *keys, *args)
+            return await client.call("EVALSHA", self._sha, len(keys), *keys, *args, key=first)
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # A restarted or flushed Redis lost it: EVAL runs it and loads it again.
-        return await client.call("EVAL", self._source, len(keys), *keys, *args)
+        return await client.call("EVAL", self._source, len(keys), *keys, *args, key=first)
 
 
 class RedisClients:

@@ -117,8 +117,10 @@ class RedisCache:
             self._error.inc(len(keys))
             return [None] * len(keys)
         try:
+            # One GET per key rather than MGET: on a cluster the keys live in
+            # many slots. The client writes them together all the same.
             async with asyncio.timeout(self._timeout):
-                values = await self._client.call("MGET", *[REDIS_PREFIX + key for key in keys])
+                values = await asyncio.gather(*(self._get(key) for key in keys))
         except (RedisUnavailable, RedisReplyError, TimeoutError) as exc:
             self._failed(exc)
             self._error.inc(len(keys))
@@ -134,17 +136,23 @@ class RedisCache:
         """Store fresh results for the other instances; a failure is counted, not raised."""
         if not self._breaker.allow():
             return
-        commands = [
-            ("SET", REDIS_PREFIX + key, encode(spans), "PX", self._ttl_ms) for key, spans in items
-        ]
         try:
             async with asyncio.timeout(self._timeout):
-                await self._client.pipeline(commands)
+                await asyncio.gather(*(self._set(key, spans) for key, spans in items))
         except (RedisUnavailable, RedisReplyError, TimeoutError) as exc:
             self._failed(exc)
             self._error.inc(len(items))
             return
         self._breaker.record_success()
+
+    async def _get(self, key: str) -> bytes | None:
+        name = REDIS_PREFIX + key
+        value: bytes | None = await self._client.call("GET", name, key=name)
+        return value
+
+    async def _set(self, key: str, spans: Spans) -> None:
+        name = REDIS_PREFIX + key
+        await self._client.call("SET", name, encode(spans), "PX", self._ttl_ms, key=name)
 
     def _failed(self, exc: BaseException) -> None:
         self._breaker.record_failure()
