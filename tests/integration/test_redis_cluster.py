@@ -33,7 +33,8 @@ def cluster(tmp_path: Path) -> Iterator[list[int]]:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
         service_missing("redis-server", FileNotFoundError("redis-server or redis-cli"))
-    assert server is not None and cli is not None
+    assert server is not None
+    assert cli is not None
     ports = _ports(3)
     nodes = []
     for port in ports:
