@@ -72,12 +72,6 @@ def give_back(tat: float | None, now: float, rate: Rate, delta: int) -> float | 
     return tat + delta * rate.interval
 
 
-def peek(tat: float | None, now: float, rate: Rate) -> Take:
-    """The budget as it stands, for headers, without taking anything."""
-    start = now if tat is None or tat < now else tat
-    return Take(True, start, 0.0, _remaining(start, now, rate), start - now)
-
-
 def _remaining(tat: float, now: float, rate: Rate) -> int:
     # A hair of float error must not cost a whole unit.
     left = (rate.tolerance - (tat - now)) / rate.interval
