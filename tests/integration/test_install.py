@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from tests.unit.test_lock import RUNTIME_LOCK, read_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "install-systemd"
@@ -15,9 +20,8 @@ VENV = f"{PREFIX}/lib/gatewayd/venv"
 
 def install(destdir: Path) -> str:
     """Run the installer into `destdir` and return its output."""
-    # The runtime dependencies are pip's business and the slow part; the
-    # package itself is still built and installed from this checkout.
-    env = {**os.environ, "DESTDIR": str(destdir), "PIP_NO_DEPS": "1"}
+    # The locked dependencies come from pip's cache once it is warm.
+    env = {**os.environ, "DESTDIR": str(destdir)}
     result = subprocess.run(
         [str(SCRIPT), PREFIX], env=env, capture_output=True, text=True, timeout=300, cwd=destdir
     )
@@ -27,7 +31,8 @@ def install(destdir: Path) -> str:
 
 def test_staged_install_lays_out_a_relocatable_service(tmp_path: Path) -> None:
     """A DESTDIR install puts venv, symlink, config, key file and unit where the
-    unit expects them, naming final paths, not staging ones."""
+    unit expects them, naming final paths, not staging ones; the venv holds
+    exactly the locked versions."""
     output = install(tmp_path)
     assert "no daemon-reload" in output
     link = tmp_path / PREFIX.lstrip("/") / "bin" / "gatewayd"
@@ -47,6 +52,17 @@ def test_staged_install_lays_out_a_relocatable_service(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert imported.stdout.startswith(str(venv)), imported.stderr
+    listed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed.stdout)}
+    locked = {name: version for name, (version, _) in read_lock(RUNTIME_LOCK).items()}
+    assert {name: installed.get(name) for name in locked} == locked
+    assert installed.keys() - locked.keys() == {"gatewayd", "pip"}
 
     etc = tmp_path / "etc" / "gatewayd"
     assert (etc / "gatewayd.yaml").read_bytes() == (
