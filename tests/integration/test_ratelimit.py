@@ -44,6 +44,12 @@ def _config(tmp_path: Path, upstream: str, extra: str = "", route: str = "") -> 
     """
 
 
+def _ratelimit(**limits: object) -> str:
+    """A ratelimit section with these keys, for _config's `extra`."""
+    lines = "".join(f"\n          {key}: {value}" for key, value in limits.items())
+    return f"\n        ratelimit:{lines}\n"
+
+
 def _clients(models: str = "") -> str:
     return f"""
         clients:
@@ -121,7 +127,7 @@ async def test_requests_past_the_burst_get_429_with_openai_headers(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """A burst passes with x-ratelimit-* headers; the next is 429 with an integer Retry-After."""
-    extra = "\n        ratelimit:\n          requests_per_minute: 60\n          burst: 3\n"
+    extra = _ratelimit(requests_per_minute=60, burst=3)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     before = metrics.RATELIMIT_REJECTIONS.labels("v1", "requests")._value.get()
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
@@ -187,7 +193,7 @@ async def test_a_small_max_tokens_beside_a_large_one_reserves_the_large(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """max_tokens 1 with max_completion_tokens 10000 reserves 10000 and is refused up front."""
-    extra = "\n        ratelimit:\n          tokens_per_minute: 5000\n"
+    extra = _ratelimit(tokens_per_minute=5000)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         status, headers, body = await _chat(
@@ -206,7 +212,7 @@ async def test_token_reservations_settle_to_the_real_usage(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """A reservation far above the usage is given back, so the next request fits."""
-    extra = "\n        ratelimit:\n          tokens_per_minute: 2000\n"
+    extra = _ratelimit(tokens_per_minute=2000)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         # Each reserves ~1500 tokens and uses a few dozen: without settling
@@ -222,7 +228,7 @@ async def test_a_stream_is_asked_for_its_usage_and_the_client_never_sees_it(
 ) -> None:
     """Under a token limit a stream gets include_usage upstream; its usage event is taken
     out for a client that did not ask, and the reservation settles to it."""
-    extra = "\n        ratelimit:\n          tokens_per_minute: 2000\n"
+    extra = _ratelimit(tokens_per_minute=2000)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         for _ in range(4):
@@ -247,7 +253,7 @@ async def test_concurrent_requests_past_max_concurrent_are_refused(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """max_concurrent bounds a key's requests in flight, streams included, until they end."""
-    extra = "\n        ratelimit:\n          max_concurrent: 2\n"
+    extra = _ratelimit(max_concurrent=2)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     fake_upstream.state.stall = 0.5
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
@@ -264,7 +270,7 @@ async def test_the_budget_survives_a_reload(tmp_path: Path, fake_upstream: FakeU
     """Budgets live in the process, not the config generation: swapping runtimes resets nothing."""
     from gatewayd.runtime import build_runtime
 
-    extra = "\n        ratelimit:\n          requests_per_minute: 60\n          burst: 2\n"
+    extra = _ratelimit(requests_per_minute=60, burst=2)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         assert [(await _chat(client, gw.url))[0] for _ in range(2)] == [200, 200]
@@ -312,7 +318,8 @@ def _redis_config(tmp_path: Path, upstream: str, url: str, limits: str) -> str:
         ratelimit:
           backend: redis
           redis_url: {url}
-          redis_timeout: 200ms
+          # Generous: these tests are about sharing, on a machine that may be busy.
+          redis_timeout: 1s
           on_backend_error: deny
           {limits}
     """
@@ -415,7 +422,7 @@ async def test_rotating_made_up_keys_buys_no_budget(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """Under key: client, a caller sending a new unknown key each time spends one budget."""
-    extra = "\n        ratelimit:\n          requests_per_minute: 60\n          burst: 2\n"
+    extra = _ratelimit(requests_per_minute=60, burst=2)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         statuses = [
@@ -429,7 +436,7 @@ async def test_concurrent_requests_racing_one_key_get_exactly_the_burst(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
     """Twenty requests at once against a burst of five: five pass, fifteen are refused."""
-    extra = "\n        ratelimit:\n          requests_per_minute: 6\n          burst: 5\n"
+    extra = _ratelimit(requests_per_minute=6, burst=5)
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
         results = await asyncio.gather(*(_chat(client, gw.url) for _ in range(20)))
