@@ -303,6 +303,8 @@ async def test_pooled_connection_closed_while_idle_is_stale_before_writing(
     server = await serve(remember)
     transport = make()
     assert await _body(transport, server.url()) == (200, b"ok")
+    # Idle long enough to be checked before reuse, as after a keep-alive timeout.
+    await asyncio.sleep(0.15)
     fd = writers[0].get_extra_info("socket").fileno()
     with socket.socket(fileno=os.dup(fd)) as dup:
         dup.shutdown(socket.SHUT_RDWR)

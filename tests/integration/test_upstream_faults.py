@@ -63,9 +63,11 @@ class FaultyUpstream:
             self._server.close()
             await self._server.wait_closed()
 
-    def shut_idle_connections(self) -> None:
-        """Send FIN on every open connection now, without letting the loop run,
-        so the client's pool still holds them as live when it reuses one."""
+    async def shut_idle_connections(self) -> None:
+        """After the connections sat idle a while (as for an upstream's keep-alive
+        timeout), send FIN on every one without letting the loop run, so the
+        client's pool still holds them as live when it reuses one."""
+        await asyncio.sleep(0.15)
         for writer in self._writers:
             if not writer.is_closing():
                 fd = writer.get_extra_info("socket").fileno()
@@ -73,7 +75,7 @@ class FaultyUpstream:
                     dup.shutdown(socket.SHUT_RDWR)
         # Blocking on purpose: the FIN lands in the client's socket while its
         # event loop, which would notice it, does not run.
-        time.sleep(0.01)
+        time.sleep(0.01)  # noqa: ASYNC251
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -232,7 +234,7 @@ async def test_pooled_connection_closed_before_reuse(
     retry = FAST if on is None else dataclasses.replace(FAST, on=on)
     upstream = await make_upstream(server.url, retry=retry)
     assert await _outcome(upstream) == (200, 1)
-    server.shut_idle_connections()
+    await server.shut_idle_connections()
     assert await _outcome(upstream) == (status, attempts)
     assert server.requests == 1 + requests
 
