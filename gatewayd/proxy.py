@@ -166,7 +166,7 @@ async def _proxy(
         doc = _parse_unguarded(body)
     _record_request(ex, doc)
     if models:
-        _check_model(runtime, identity, doc, body)
+        _check_models(runtime, identity, request, match.upstream_path, body, payload, doc)
     strip = None
     if plan is not None:
         strip = await _limit(limiter, runtime, plan, identity, match.upstream_path, body, doc, ex)
@@ -227,25 +227,38 @@ async def _proxy(
             response.close()
 
 
-def _check_model(
-    runtime: Runtime, identity: Identity, doc: dict[str, Any] | None, body: bytes
+def _check_models(
+    runtime: Runtime,
+    identity: Identity,
+    request: web.Request,
+    upstream_path: str,
+    body: bytes,
+    payload: Payload | None,
+    doc: dict[str, Any] | None,
 ) -> None:
-    """403 unless the request's model is on its client's list (checked before any upstream)."""
+    """403 unless every model the request asks for is on its client's list: its
+    own, a form's, each line's of an uploaded batch. Checked before any upstream."""
     client = identity.client
     assert client is not None
-    if doc is None:
-        if not body:
-            return
+    if payload is None and body:
+        endpoint = endpoints.find(request.method, upstream_path)
+        if endpoint is not None:
+            payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
+    if payload is not None:
+        asked = payload.models()
+    elif doc is not None:
+        asked = [doc["model"]] if "model" in doc else []
+    elif body:
         raise ModelNotAllowed(
             f"client {client.name} may use only its listed models, and this request's"
-            " model cannot be read: send a JSON body"
+            " model cannot be read"
         )
-    model = doc.get("model")
-    if model is None:
-        return
-    if not isinstance(model, str) or not runtime.clients.allows(client, model):
-        # The model is not quoted: it is the client's text.
-        raise ModelNotAllowed(f"client {client.name} may not use the model it asked for")
+    else:
+        asked = []
+    for model in asked:
+        if not isinstance(model, str) or not runtime.clients.allows(client, model):
+            # The model is not quoted: it is the client's text.
+            raise ModelNotAllowed(f"client {client.name} may not use the model it asked for")
 
 
 async def _limit(

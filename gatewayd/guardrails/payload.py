@@ -82,6 +82,10 @@ class Payload:
         """The body again, with the texts as the filters left them."""
         return orjson.dumps(self.doc)
 
+    def models(self) -> list[object]:
+        """Every model the request asks for (a client's allow-list checks them all)."""
+        return [self.doc["model"]] if self.doc is not None and "model" in self.doc else []
+
 
 class _Empty(Payload):
     __slots__ = ()
@@ -93,7 +97,7 @@ class _Empty(Payload):
 class _Form(Payload):
     """A multipart form: text fields are read; a JSONL upload's lines too."""
 
-    __slots__ = ("_boundary", "_lines", "_parts")
+    __slots__ = ("_boundary", "_fields", "_lines", "_parts")
 
     def __init__(
         self,
@@ -102,9 +106,11 @@ class _Form(Payload):
         parts: list[_Part],
         walked: Walk,
         lines: list[Any] | None,
+        fields: dict[str, str],
     ) -> None:
         super().__init__(endpoint, None, walked)
         self._boundary = boundary
+        self._fields = fields
         self._parts = parts
         # The uploaded JSONL's parsed lines, when the upload is one.
         self._lines = lines
@@ -122,6 +128,15 @@ class _Form(Payload):
             out += [delimiter, b"\r\n", part.head, b"\r\n\r\n", body, b"\r\n"]
         out += [delimiter, b"--\r\n"]
         return b"".join(out)
+
+    def models(self) -> list[object]:
+        """The form's model field, and each request's of an uploaded batch file."""
+        found: list[object] = [self._fields["model"]] if "model" in self._fields else []
+        for line in self._lines or ():
+            body = line.get("body") if isinstance(line, dict) else None
+            if isinstance(body, dict) and "model" in body:
+                found.append(body["model"])
+        return found
 
 
 class _Part:
@@ -182,18 +197,22 @@ def _read_form(endpoint: Endpoint, content_type: str, body: bytes) -> Payload:
     fields: dict[str, str] = {}
     uploads: list[_Part] = []
     for part in parts:
+        # Header order in a part means nothing (RFC 7578): httpx writes the
+        # disposition first, aiohttp its Content-Type.
         lines = part.head.split(b"\r\n")
-        disposition = _DISPOSITION.fullmatch(lines[0])
+        named = [line for line in lines if line[:20].lower() == b"content-disposition:"]
+        disposition = _DISPOSITION.fullmatch(named[0]) if len(named) == 1 else None
         if disposition is None:
             raise BadRequest(
-                "a multipart part must start with one form-data name", code="invalid_request"
+                "a multipart part must carry one form-data name", code="invalid_request"
             )
+        others = [line for line in lines if line is not named[0]]
         name = disposition.group(1).decode("utf-8", "replace")
         if disposition.group(2) is not None:
             part.is_upload = True
             uploads.append(part)
             continue
-        if any(not _TEXT_TYPE.fullmatch(line) for line in lines[1:]):
+        if any(not _TEXT_TYPE.fullmatch(line) for line in others):
             raise _unsupported(f"the form field {name!r} is not plain UTF-8 text")
         try:
             value = part.body.decode()
@@ -217,7 +236,7 @@ def _read_form(endpoint: Endpoint, content_type: str, body: bytes) -> Payload:
         else:
             # PDFs, images, documents: nothing the gateway can read.
             walked.odd(((), "file"))
-    return _Form(endpoint, boundary, parts, walked, jsonl)
+    return _Form(endpoint, boundary, parts, walked, jsonl, fields)
 
 
 def _split(body: bytes, boundary: bytes) -> list[_Part]:

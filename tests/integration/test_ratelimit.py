@@ -103,7 +103,8 @@ async def test_a_required_key_is_checked_before_anything_else(
 async def test_models_outside_the_list_are_refused_before_the_upstream(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
-    """A model off the client's list, a non-string model and an unreadable body get 403."""
+    """A model off the client's list and a non-string model get 403; a body whose model
+    cannot be read is refused too, before the upstream."""
     extra = _clients('models: [gpt-fake, "text-embedding-*"]')
     config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
     async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
@@ -117,6 +118,10 @@ async def test_models_outside_the_list_are_refused_before_the_upstream(
             data=b"model=gpt-4o",
             headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"},
         ) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "invalid_json"
+        # An endpoint no shape describes: its JSON is read for the model, else 403.
+        async with client.post(f"{gw.url}/v1/novel", data=b"model=gpt-4o", headers=AUTH) as resp:
             assert resp.status == 403
         # A client without a list, or an unknown caller, is not held to one.
         assert (await _chat(client, gw.url, {}, model="gpt-4o"))[0] == 200
@@ -442,3 +447,46 @@ async def test_concurrent_requests_racing_one_key_get_exactly_the_burst(
         results = await asyncio.gather(*(_chat(client, gw.url) for _ in range(20)))
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 5 + [429] * 15
+
+
+async def _form(
+    client: aiohttp.ClientSession, url: str, path: str, fields: dict[str, str], upload: bytes
+) -> int:
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("file", upload, filename="upload.bin", content_type="application/octet-stream")
+    async with client.post(f"{url}{path}", data=form, headers=AUTH) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_forms_and_batch_files_are_held_to_the_model_list(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """A form's model field and every line of an uploaded batch file must be on the list."""
+    extra = _clients("models: [gpt-fake, whisper-1]")
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra))
+
+    def batch(*models: str) -> bytes:
+        lines = [
+            {
+                "custom_id": str(n),
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**CHAT, "model": model},
+            }
+            for n, model in enumerate(models)
+        ]
+        return b"\n".join(orjson.dumps(line) for line in lines)
+
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        audio = "/v1/audio/transcriptions"
+        assert await _form(client, gw.url, audio, {"model": "whisper-1"}, b"RIFF") == 200
+        assert await _form(client, gw.url, audio, {"model": "gpt-4o-transcribe"}, b"RIFF") == 403
+        files = "/v1/files"
+        good = batch("gpt-fake", "gpt-fake")
+        assert await _form(client, gw.url, files, {"purpose": "batch"}, good) == 200
+        sneaky = batch("gpt-fake", "gpt-4o")
+        assert await _form(client, gw.url, files, {"purpose": "batch"}, sneaky) == 403
+    assert len(fake_upstream.state.received) == 2

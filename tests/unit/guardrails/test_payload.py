@@ -163,6 +163,17 @@ def test_text_fields_the_upstream_could_read_otherwise_are_refused(head: bytes) 
         read_payload(_endpoint("POST", "/v1/audio/transcriptions"), FORM, body)
 
 
+def test_a_part_may_name_its_content_type_first() -> None:
+    """Header order in a part means nothing: aiohttp writes Content-Type before the name."""
+    body = (
+        f"--{BOUNDARY}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f'Content-Disposition: form-data; name="prompt"\r\n\r\nmail a@x.io\r\n'
+        f"--{BOUNDARY}--\r\n"
+    ).encode()
+    payload = read_payload(_endpoint("POST", "/v1/audio/transcriptions"), FORM, body)
+    assert [slot.text for slot in payload.slots] == ["mail a@x.io"]
+
+
 def test_a_field_given_twice_is_refused() -> None:
     """Two values for one form field: which the upstream takes is its choice, so neither passes."""
     body = _form({"prompt": "a"}, {}).replace(
