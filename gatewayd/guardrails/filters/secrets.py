@@ -147,14 +147,22 @@ _TOKENS = (
     _Token(
         "SLACK_TOKEN",
         "-",
-        # Bot, user, app-level (xapp-), refresh and configuration (xoxe-) tokens.
-        ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-", "xoxe-", "xoxe.", "xapp-"),
+        # Bot, user, refresh and configuration (xoxe-) tokens.
+        ("xoxb-", "xoxa-", "xoxp-", "xoxr-", "xoxs-", "xoxe-", "xoxe."),
         re.compile(
-            r"(?<![A-Za-z0-9_-])(?:xox[baprse]-|xoxe\.xox[bp]-|xapp-)"
+            r"(?<![A-Za-z0-9_-])(?:xox[baprse]-|xoxe\.xox[bp]-)"
             r"(?P<body>[A-Za-z0-9-]{10,250})(?![A-Za-z0-9_-])"
         ),
         _has_digit,
-        lead="x",
+        lead="xox",
+    ),
+    _Token(
+        "SLACK_TOKEN",
+        "-",
+        # App-level tokens: xapp-1-A0123-1234-abc...
+        ("xapp-",),
+        re.compile(r"(?<![A-Za-z0-9_-])xapp-(?P<body>[A-Za-z0-9-]{10,250})(?![A-Za-z0-9_-])"),
+        _has_digit,
     ),
     _Token(
         "SLACK_WEBHOOK_URL",

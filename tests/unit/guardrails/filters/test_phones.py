@@ -110,7 +110,7 @@ def test_the_metadata_prefilter_keeps_every_regions_example_numbers() -> None:
             e164 = phonenumbers.format_number(example, PhoneNumberFormat.E164)
             # Fewer than 8 digits in all (Niue, Tokelau) is below what counts.
             if len(e164) > 8:
-                assert _international_ok(e164[1:]), (region, e164)
+                assert _international_ok(e164[1:], {}), (region, e164)
 
 
 def test_example_numbers_of_the_default_regions_are_found_as_written_there() -> None:
