@@ -2,7 +2,8 @@
 
 The audit event, the access log and the rate limiter all take the one
 `Identity` made here. A known client (its bearer key's sha256 is some
-`clients.NAME.key_sha256`) is named by its name; anyone else by a short hash
+`clients.NAME.key_sha256`, or its verified client certificate's subject some
+`clients.NAME.tls_subject`) is named by its name; anyone else by a short hash
 of their bearer key, or their address. Keys themselves are never kept.
 
 What a budget is keyed by follows `ratelimit.key`, except that a known
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gatewayd.config.schema import ClientConfig, Config, ServerConfig
+from gatewayd.tls import peer_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +39,25 @@ class Identity:
 class Clients:
     """The configured clients, looked up by their key's digest; built per config generation."""
 
-    __slots__ = ("_by_digest", "_models")
+    __slots__ = ("_by_digest", "_by_subject", "_models")
 
     def __init__(self, clients: Mapping[str, ClientConfig]) -> None:
-        self._by_digest = {c.key_sha256: c for c in clients.values()}
+        self._by_digest = {c.key_sha256: c for c in clients.values() if c.key_sha256}
+        self._by_subject = {c.tls_subject: c for c in clients.values() if c.tls_subject}
         self._models = {
             c.name: _ModelList(c.models) for c in clients.values() if c.models is not None
         }
 
     def by_digest(self, digest: str) -> ClientConfig | None:
         return self._by_digest.get(digest)
+
+    @property
+    def by_certificate(self) -> bool:
+        """Whether any client is known by its certificate's subject."""
+        return bool(self._by_subject)
+
+    def by_subject(self, subject: str) -> ClientConfig | None:
+        return self._by_subject.get(subject)
 
     def allows(self, client: ClientConfig, model: str) -> bool:
         """Whether `client` may ask for `model` (any model without a `models` list)."""
@@ -70,14 +81,21 @@ def identify(request: web.Request, config: Config, clients: Clients) -> Identity
     key = bearer_key(request)
     digest = hashlib.sha256(key.encode()).hexdigest() if key is not None else None
     client = clients.by_digest(digest) if digest is not None else None
+    how = config.ratelimit.key
+    subject = None
+    if clients.by_certificate or how == "tls_subject":
+        subject = peer_subject(request)
+    if client is None and subject is not None:
+        client = clients.by_subject(subject)
     if client is not None:
         name = f"client:{client.name}"
         return Identity(name, client, name, True)
     address = "ip:" + peer_address(request, config.server)
     name = f"key:{digest[:16]}" if digest is not None else address
-    how = config.ratelimit.key
     if how == "api_key" and digest is not None:
         limit_key = f"key:{digest[:32]}"
+    elif how == "tls_subject" and subject is not None:
+        limit_key = "tls:" + hashlib.sha256(subject.encode()).hexdigest()[:32]
     elif how.startswith("header:") and (value := request.headers.get(how[7:])):
         limit_key = "header:" + hashlib.sha256(value.encode()).hexdigest()[:32]
     else:

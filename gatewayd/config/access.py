@@ -42,13 +42,15 @@ def model_pattern(scalar: Scalar) -> str:
 
 
 def limit_key(scalar: Scalar) -> str:
-    """client, api_key, ip or header:NAME; a header name is kept in lower case."""
+    """client, api_key, ip, tls_subject or header:NAME; a header name is kept in lower case."""
     written = scalar.text.strip()
-    if written.lower() in ("client", "api_key", "ip"):
+    if written.lower() in ("client", "api_key", "ip", "tls_subject"):
         return written.lower()
     match = _HEADER.fullmatch(written)
     if match is None:
-        raise ValueError(f"must be client, api_key, ip or header:NAME; got {v.shown(written)}")
+        raise ValueError(
+            f"must be client, api_key, ip, tls_subject or header:NAME; got {v.shown(written)}"
+        )
     return f"header:{match.group(1).lower()}"
 
 
@@ -65,23 +67,40 @@ def read_limits(reader: Reader) -> Limits:
     return limits
 
 
+def tls_subject(scalar: Scalar) -> str:
+    """An RFC 4514 subject as gatewayd prints it (CN=billing,O=Acme)."""
+    written = scalar.text.strip()
+    if "=" not in written:
+        raise ValueError("must be a certificate subject such as CN=billing,O=Acme")
+    return written
+
+
 def read_clients(root: Reader) -> dict[str, ClientConfig]:
-    """Every well-formed client; one key belongs to one client."""
+    """Every well-formed client; one key, or one certificate subject, belongs to one client."""
     result: dict[str, ClientConfig] = {}
-    owners: dict[str, str] = {}
+    owners: dict[tuple[str, str], str] = {}
     for name, reader in root.tables("clients"):
-        digest = reader.value("key_sha256", key_sha256, required=True)
+        digest = reader.value("key_sha256", key_sha256)
+        subject = reader.value("tls_subject", tls_subject)
         models = reader.values("models", model_pattern)
         if models == ():
             reader.problem("models", "an empty list allows no model; leave it out to allow any")
         limits = read_limits(reader)
-        if digest is None:
+        if digest is None and subject is None:
+            if not (reader.has("key_sha256") or reader.has("tls_subject")):
+                reader.problem("key_sha256", "is required (or tls_subject)")
             continue
-        if digest in owners:
-            reader.problem("key_sha256", f"client {owners[digest]} has the same key")
+        marks = [(f, v) for f, v in (("key_sha256", digest), ("tls_subject", subject)) if v]
+        taken = [mark for mark in marks if mark in owners]
+        for mark in taken:
+            what = "key" if mark[0] == "key_sha256" else "certificate subject"
+            reader.problem(mark[0], f"client {owners[mark]} has the same {what}")
+        if taken:
             continue
-        owners[digest] = name
-        result[name] = ClientConfig(name=name, key_sha256=digest, limits=limits, models=models)
+        owners.update(dict.fromkeys(marks, name))
+        result[name] = ClientConfig(
+            name=name, key_sha256=digest, tls_subject=subject, limits=limits, models=models
+        )
     return result
 
 

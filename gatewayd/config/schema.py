@@ -355,7 +355,10 @@ class AuditConfig:
 class ClientConfig:
     name: str
     # Hex sha256 of the client's bearer key: the gateway never holds the key.
-    key_sha256: str
+    key_sha256: str | None = None
+    # Or the RFC 4514 subject of its client certificate, verified in the
+    # handshake (server.tls.client_ca).
+    tls_subject: str | None = None
     limits: Limits = field(default_factory=Limits)
     # Model names, or `prefix*` patterns, the client may ask for; None is any.
     models: tuple[str, ...] | None = None
@@ -371,7 +374,8 @@ class AuthConfig:
 class RateLimitConfig:
     backend: Literal["memory", "redis"] = "memory"
     redis_url: Secret | None = None
-    # What a budget belongs to: client, api_key, ip, or header:NAME (lower case).
+    # What a budget belongs to: client, api_key, ip, tls_subject or header:NAME
+    # (lower case).
     key: str = "client"
     limits: Limits = field(default_factory=Limits)
     # A Redis that fails or answers slower than redis_timeout: decide with

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from tests.conftest import FakeUpstream
@@ -137,3 +140,70 @@ async def test_two_processes_on_one_redis_share_one_limit(
     assert 4 <= statuses.count(200) <= 4 + int(elapsed * 4) + 1
     assert sum(r.count(200) for r in results[:6]) > 0
     assert sum(r.count(200) for r in results[6:]) > 0
+
+
+async def test_a_client_certificate_is_a_client_identity(
+    start_daemon: StartDaemon, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Under mutual TLS, clients.NAME.tls_subject names a client by its verified certificate:
+    it passes require_client_key and spends its own budget; another valid certificate is 401."""
+    from tests.fakes.certs import TestCA
+
+    ca = TestCA(tmp_path / "ca")
+    server = ca.issue("gateway")
+    app, stranger = ca.issue("billing", client=True), ca.issue("stranger", client=True)
+    text = f"""
+        server:
+          listen: "{{listen}}"
+          tls:
+            cert: {server.cert}
+            key: {server.key}
+            client_ca: {ca.path}
+        upstreams:
+          fake:
+            url: {fake_upstream.url}
+        routes:
+          v1:
+            prefix: /v1/
+            upstream: fake
+        clients:
+          billing:
+            tls_subject: "{app.subject}"
+            requests_per_minute: 60
+            burst: 2
+        auth:
+          require_client_key: true
+        audit:
+          sink: jsonl
+          path: {tmp_path}/audit.jsonl
+          flush_interval: 50ms
+    """
+    daemon = await start_daemon(text)
+    url = daemon.url.replace("http://", "https://")
+
+    async def status(context: ssl.SSLContext) -> int:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(f"{url}/v1/chat/completions", json=CHAT, ssl=context) as resp,
+        ):
+            await resp.read()
+            return resp.status
+
+    mine = ca.client_context(app)
+    assert [await status(mine) for _ in range(3)] == [200, 200, 429]
+    assert await status(ca.client_context(stranger)) == 401
+    await asyncio.sleep(0.3)
+    events = [orjson.loads(line) for line in (tmp_path / "audit.jsonl").read_bytes().splitlines()]
+    assert [e["client"] for e in events[:3]] == ["client:billing"] * 3
+
+    # key: tls_subject gives each certificate a budget, though all come from one address.
+    other = ca.issue("stranger-2", client=True)
+    daemon.write_config(
+        text.replace("require_client_key: true", "require_client_key: false")
+        + "\n        ratelimit:\n          key: tls_subject\n"
+        "          requests_per_minute: 60\n          burst: 1\n"
+    )
+    daemon.signal(signal.SIGHUP)
+    await daemon.notifications("READY=1", count=2)
+    first, second = ca.client_context(stranger), ca.client_context(other)
+    assert [await status(first), await status(first), await status(second)] == [200, 429, 200]

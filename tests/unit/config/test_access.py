@@ -103,7 +103,12 @@ def test_the_same_tree_in_ini(write: Write) -> None:
     ("text", "line", "key", "message"),
     [
         ("clients:\n  app:\n    key_sha256: abc\n", 3, "clients.app.key_sha256", "64 hex digits"),
-        ("clients:\n  app:\n    requests_per_minute: 5\n", 2, "clients.app.key_sha256", "required"),
+        (
+            "clients:\n  app:\n    requests_per_minute: 5\n",
+            2,
+            "clients.app.key_sha256",
+            "is required (or tls_subject)",
+        ),
         (
             f"clients:\n  app:\n    key_sha256: {DIGEST}\n    models: ['gpt*4']\n",
             4,
@@ -122,7 +127,14 @@ def test_the_same_tree_in_ini(write: Write) -> None:
             "clients.b.key_sha256",
             "client a has the same key",
         ),
-        ("ratelimit:\n  key: cookie\n", 2, "ratelimit.key", "client, api_key, ip or header:NAME"),
+        ("ratelimit:\n  key: cookie\n", 2, "ratelimit.key", "ip, tls_subject or header:NAME"),
+        (
+            "clients:\n  a:\n    tls_subject: CN=x\n  b:\n    tls_subject: CN=x\n",
+            5,
+            "clients.b.tls_subject",
+            "client a has the same certificate subject",
+        ),
+        ("clients:\n  a:\n    tls_subject: billing\n", 3, "clients.a.tls_subject", "CN=billing"),
         ("ratelimit:\n  backend: redis\n", 1, "ratelimit.redis_url", "with backend: redis"),
         ("ratelimit:\n  burst: 0\n", 2, "ratelimit.burst", "must be at least 1"),
         (
