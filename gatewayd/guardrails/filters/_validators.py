@@ -28,6 +28,9 @@ _CARD_BRANDS: tuple[tuple[int, int, frozenset[int]], ...] = (
     (50, 50, frozenset({13, 14, 15, 16, 17, 18, 19})),  # Maestro
     (56, 58, frozenset({13, 14, 15, 16, 17, 18, 19})),
     (67, 67, frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (60, 60, frozenset({16, 19})),  # RuPay, Hipercard (606282)
+    (81, 82, frozenset({16})),  # RuPay
+    (2200, 2204, frozenset({16, 17, 18, 19})),  # Mir
 )
 
 # IBAN length per country (SWIFT IBAN registry).
