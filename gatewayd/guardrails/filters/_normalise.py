@@ -167,19 +167,22 @@ def view(text: str) -> View | None:
     return View("".join(pieces), folds)
 
 
-# The last non-ASCII text and its view: the pii and secrets filters, and a
-# scan and its holdback, ask for the same text one after the other. One
-# tuple, replaced whole, so threads scanning off the loop never see half.
-_last: tuple[str, View | None] = ("", None)
+# The last few non-ASCII texts and their views: the pipeline runs the
+# secrets filter over a request's texts, then pii over the same texts, and
+# a scan is followed by its holdback. One tuple, replaced whole, so threads
+# scanning off the loop never see half of an update.
+_RECENT = 8
+_recent: tuple[tuple[str, View | None], ...] = ()
 
 
 def _cached_view(text: str) -> View | None:
-    global _last
-    last = _last
-    if last[0] is text:
-        return last[1]
+    global _recent
+    recent = _recent
+    for seen, folded in recent:
+        if seen is text:
+            return folded
     found = view(text)
-    _last = (text, found)
+    _recent = ((text, found), *recent[: _RECENT - 1])
     return found
 
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from gatewayd.config.schema import Mode, PiiFilterConfig, PolicyConfig, SecretsFilterConfig
-from gatewayd.guardrails.filters._normalise import FOLD, view
+from gatewayd.guardrails.filters import _normalise
+from gatewayd.guardrails.filters._normalise import FOLD, View, view
 from gatewayd.guardrails.filters.regex_pii import PiiFilter
 from gatewayd.guardrails.filters.secrets import SecretsFilter
 from gatewayd.guardrails.pipeline import Guard
@@ -152,3 +153,19 @@ async def test_redaction_replaces_exactly_what_was_typed_and_restore_puts_it_bac
     }
     result = await guard.inspect_response(orjson.dumps(answer), answer, request)
     assert orjson.loads(result.body)["choices"][0]["message"]["content"] == typed
+
+
+def test_each_text_is_folded_once_for_both_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """secrets over a request's texts, then pii over them, builds each text's view once."""
+    built: list[str] = []
+
+    def counted(text: str) -> View | None:
+        built.append(text)
+        return view(text)
+
+    monkeypatch.setattr(_normalise, "view", counted)
+    texts = [f"message {i}: call ０９０-１２３４-５６７{i}" for i in range(3)]
+    for flt in (SECRETS, PII):
+        for text in texts:
+            flt.scan(text)
+    assert built == texts
