@@ -52,11 +52,10 @@ class _Plan:
     # The trunk prefix ("0"), and whether it is usually left out (North America's 1).
     prefix: str
     optional: bool
-    # What libphonenumber strips in front of a national number (the trunk
-    # prefix, or a regex of prefixes and carrier codes).
+    # What libphonenumber strips in front of a national number: the trunk
+    # prefix, or a regex whose groups capture carrier codes or the part a
+    # transform rule keeps.
     strip: re.Pattern[str] | None
-    # libphonenumber rewrites some prefixes (a transform rule); those are parsed.
-    rewrites: bool
     lengths: frozenset[int]
     # Every valid national number of the region matches it: a fullmatch here
     # costs a microsecond where validating costs ten.
@@ -76,7 +75,6 @@ def _plan(region: str) -> _Plan:
         meta.national_prefix or "",
         meta.country_code == 1,
         re.compile(strip) if strip else None,
-        meta.national_prefix_transform_rule is not None,
         frozenset(desc.possible_length or ()),
         re.compile(desc.national_number_pattern or ""),
     )
@@ -152,7 +150,7 @@ def _international_ok(number: str, likely: dict[int, str]) -> bool:
 def _national_ok(digits: str, plan: _Plan) -> bool:
     """Whether `digits` are a valid number of `plan`'s region as written there."""
     found = plan.strip.match(digits) if plan.strip is not None else None
-    if found is not None and found.end() and (plan.rewrites or found.lastindex):
+    if found is not None and found.end() and found.lastindex:
         # A carrier code or a rewritten prefix: libphonenumber's parser knows how.
         return _parse(digits, plan.region)
     if found is not None and found.end():
