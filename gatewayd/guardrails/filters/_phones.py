@@ -30,7 +30,7 @@ REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
 """Region codes phone_regions may name (ISO 3166 alpha-2, as libphonenumber knows them)."""
 
 _SEPARATORS = b" .()+-"
-# E.164 allows 15 digits; fewer than 8 (7 for national) is an extension or a count.
+# E.164 allows 15 digits; fewer than 8 is an extension, a count or a short code.
 _INTL_DIGITS = range(8, 16)
 _NATIONAL_DIGITS = range(8, 14)
 # Shapes that are something else whatever a numbering plan allows: dates
@@ -97,6 +97,10 @@ class PhoneRules:
             by_code.setdefault(phonenumbers.country_code_for_region(region), region)
         self._regions = tuple(_plan(r) for r in by_code.values())
         self._by_code = by_code
+        # Loading a country's metadata takes milliseconds (+1: 25 regions):
+        # at config load for the configured ones, not in a request.
+        for code in by_code:
+            _country_patterns(code)
         self._valid = lru_cache(maxsize=4096)(self._check)
 
     def accept(self, text: str, m: re.Match[str]) -> int | None:
