@@ -97,10 +97,14 @@ class PhoneRules:
             by_code.setdefault(phonenumbers.country_code_for_region(region), region)
         self._regions = tuple(_plan(r) for r in by_code.values())
         self._by_code = by_code
-        # Loading a country's metadata takes milliseconds (+1: 25 regions):
-        # at config load for the configured ones, not in a request.
-        for code in by_code:
+        # Loading a country's metadata and compiling its patterns takes
+        # milliseconds (+1: 25 regions): at config load for the configured
+        # ones, not in a request.
+        for code, region in by_code.items():
             _country_patterns(code)
+            example = phonenumbers.example_number(region)
+            if example is not None:
+                phonenumbers.is_valid_number(example)
         self._valid = lru_cache(maxsize=4096)(self._check)
 
     def accept(self, text: str, m: re.Match[str]) -> int | None:
