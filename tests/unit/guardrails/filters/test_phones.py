@@ -92,6 +92,8 @@ def test_national_formats_count_only_for_the_configured_regions() -> None:
     assert phones("call +33 6 12 34 56 78", us_only) == ["+33 6 12 34 56 78"]
     assert phones("call (415) 555-2671", us_only) == ["(415) 555-2671"]
     assert phones("call 06 12 34 56 78", PII) == ["06 12 34 56 78"]
+    none = PiiFilter(PiiFilterConfig(name="none", phone_regions=()))
+    assert phones("call (415) 555-2671 or +1 415 555 2671", none) == ["+1 415 555 2671"]
 
 
 def test_a_number_without_its_trunk_prefix_is_no_national_format() -> None:
