@@ -50,6 +50,21 @@ def _has_digit(m: re.Match[str]) -> bool:
     return any(c.isdigit() for c in m.group("body"))
 
 
+def _basic_ok(m: re.Match[str]) -> bool:
+    """HTTP Basic credentials: base64 of printable `user:password`."""
+    try:
+        decoded = base64.b64decode(m.group("body"), validate=True)
+    except ValueError:
+        return False
+    return b":" in decoded and decoded.isascii() and decoded.decode().isprintable()
+
+
+def _token_like(m: re.Match[str]) -> bool:
+    """Digits and letters both: `Bearer 3f9a...`, not `Basic authentication`."""
+    body = m.group("body")
+    return any(c.isdigit() for c in body) and any(c.isalpha() for c in body)
+
+
 def _webhook_ok(m: re.Match[str]) -> bool:
     """A webhook URL's secret part is not the documentation's XXXX... placeholder."""
     secret = m.group("body").rsplit("/", 1)[-1]
@@ -81,6 +96,8 @@ class _Token:
     `gate` is one character every marker has: testing for a single character
     is about ten times cheaper than for a string, so it goes first. `lead`,
     when several markers start alike, is looked for once before them.
+    `value`, when set, names the group the finding covers (the credential
+    after a marker that is not part of it).
     """
 
     entity: str
@@ -90,6 +107,7 @@ class _Token:
     accept: Accept = _always
     score: float = 1.0
     lead: str = ""
+    value: str = ""
 
 
 _TOKENS = (
@@ -185,6 +203,34 @@ _TOKENS = (
         "A",
         ("AIza",),
         re.compile(r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"),
+    ),
+    # Authorization headers in pasted curl commands and logs: the credential
+    # after the scheme. PASSWORD ranks lowest, so a known token inside wins.
+    _Token(
+        "PASSWORD",
+        " ",
+        ("Bearer ", "bearer ", "BEARER "),
+        re.compile(
+            r"(?:Bearer|bearer|BEARER)[ \t]{1,8}(?P<body>[A-Za-z0-9._~+/-]{16,2048}={0,2})"
+            r"(?![A-Za-z0-9._~+/=-])"
+        ),
+        _token_like,
+        score=0.8,
+        lead="earer",
+        value="body",
+    ),
+    _Token(
+        "PASSWORD",
+        " ",
+        ("Basic ", "basic ", "BASIC "),
+        re.compile(
+            r"(?:Basic|basic|BASIC)[ \t]{1,8}(?P<body>[A-Za-z0-9+/]{12,1024}={0,2})"
+            r"(?![A-Za-z0-9+/=])"
+        ),
+        _basic_ok,
+        score=0.8,
+        lead="asic",
+        value="body",
     ),
     _Token(
         "JWT",
@@ -285,6 +331,13 @@ _TAIL_WINDOW = 9010
 # these, as from each marker in a window of markers the rest of the window
 # was read again (9,000 characters of "sk-" and a "!" took 190 ms a call).
 _TAIL_RUN = (string.ascii_letters + string.digits + "_./+=-",)
+# An Authorization header's credential still arriving, blanks after the
+# scheme included ("Bearer  3f9a..."); the markers' own tail above holds a
+# scheme still being typed.
+_SCHEME_TAIL = re.compile(
+    r"(?:Bearer|bearer|BEARER|Basic|basic|BASIC)[ \t]{1,8}[A-Za-z0-9._~+/-]{0,2048}={0,2}\Z"
+)
+_SCHEME_WINDOW = 6 + 8 + 2048 + 2
 # URL user info still arriving: "://user:pa", or the "://" itself.
 _URL_TAIL = re.compile(r":(?:/(?:/[^\s/:@]{0,64}(?::[^\s/@]{0,128})?)?)?\Z")
 _URL_TAIL_WINDOW = 196
@@ -387,7 +440,8 @@ def _find_token(token: _Token, marker: str, text: str, at: int, out: list[Span])
     while at >= 0:
         m = token.pattern.match(text, at)
         if m and token.accept(m):
-            out.append(Span(token.entity, at, m.end(), token.score))
+            start, end = m.span(token.value) if token.value else (at, m.end())
+            out.append(Span(token.entity, start, end, token.score))
             at = text.find(marker, m.end())
         else:
             at = text.find(marker, at + 1)
@@ -474,6 +528,9 @@ class SecretsFilter:
             tail_holdback(_URL_TAIL, text, _URL_TAIL_WINDOW),
         )
         if self._passwords:
+            scheme = text[-_SCHEME_WINDOW:]
+            if "earer" in scheme or "EARER" in scheme or "asic" in scheme or "ASIC" in scheme:
+                held = max(held, tail_holdback(_SCHEME_TAIL, text, _SCHEME_WINDOW))
             recent = text[-_ASSIGNMENT_WINDOW:].lower()
             # Without a whole key name in reach, only a key name still being
             # typed can match: a single word.

@@ -36,6 +36,8 @@ GROWING = [
     "postgres://app:Xk9pL2mQ@db.example.com/app",
     "<apiToken>a8f9e7d6c5b4a3f2</apiToken> and dbPassword = 'S3cr3t!pass'",
     'props.setProperty("API_TOKEN", "tok_9f8e7d6c5b4a") ok',
+    'curl -H "Authorization: Bearer  3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c" -u x',
+    "Authorization: Basic dXNlcjpQYXNzdzByZCE= then more",
     "PASSWORD=p@ss;w0rd! and if (dbPassword != 's3cr3t!x99')",
     "xoxe.xoxp-1-abc123def456ghi789 then hooks.slack.com/services/T0A1B2C3D/B4E5F6G7H/abc123def4",
     "call \uff10\uff19\uff10-\uff11\uff12\uff13\uff14-\uff15\uff16\uff17\uff18"

@@ -274,6 +274,8 @@ HOSTILE = {
     "comparisons": "token != ",
     "bare-semicolons": "password=a;b;c;",
     "slack-app-markers": "xapp-1-",
+    "bearer-schemes": "Bearer ",
+    "basic-credentials": "Basic dXNlcjpQYXNz ",
     "slack-webhooks": "hooks.slack.com/services/",
     "bedrock-markers": "ABSK",
     "unsigned-jwt-starts": "eyJhbGciOiJub25lIn0.eyJ",

@@ -58,6 +58,11 @@ def test_each_secret_format_is_found_whole(entity: str, value: str) -> None:
     assert found(f"here: {value}. done") == [(entity, value)]
 
 
+def test_a_known_token_in_an_authorization_header_keeps_its_own_entity() -> None:
+    """`Bearer sk-...` is an OPENAI_API_KEY, not a PASSWORD over the same characters."""
+    assert found(f"Authorization: Bearer {OPENAI}") == [("OPENAI_API_KEY", OPENAI)]
+
+
 def test_anthropic_keys_are_not_openai_keys() -> None:
     """An sk-ant- key is reported once, as ANTHROPIC_API_KEY."""
     assert found(ANTHROPIC) == [("ANTHROPIC_API_KEY", ANTHROPIC)]
@@ -99,6 +104,11 @@ def test_a_private_key_cut_short_still_counts() -> None:
         ('$db_pass = "Ph9!xT2#kL";', "Ph9!xT2#kL"),
         ("FYI my api key is ak_71Lq2Zm7Xv9Pb3", "ak_71Lq2Zm7Xv9Pb3"),
         ('"postgres://app:Xk9pL2mQ@db"', "Xk9pL2mQ"),
+        (
+            'curl -H "Authorization: Bearer 3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"',
+            "3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c",
+        ),
+        ("Authorization: Basic dXNlcjpQYXNzdzByZCE=", "dXNlcjpQYXNzdzByZCE="),
     ],
 )
 def test_passwords_cover_the_value_only(text: str, value: str | None) -> None:
@@ -124,6 +134,8 @@ def test_passwords_cover_the_value_only(text: str, value: str | None) -> None:
         'print("password", "is wrong")',
         "tokenizer = AutoTokenizer.from_pretrained('bert-base')",
         "the secretary: Jonathan",
+        "the bearer of bad news, a Bearer token",
+        "Basic authentication, basic aGVsbG8gd29ybGQ=",
         "passport: X1234567",
         "password: !vault |",
         "hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
