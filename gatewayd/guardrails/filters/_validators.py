@@ -129,8 +129,3 @@ def ipv6_ok(candidate: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def nanp_ok(digits: str) -> bool:
-    """True for a ten-digit North American number: area and exchange start with 2-9."""
-    return len(digits) == 10 and digits[0] >= "2" and digits[3] >= "2"

@@ -1,10 +1,11 @@
 """The pii filter: emails, phone numbers, cards, US SSNs, IBANs and IP addresses.
 
 Each entity is one regex that finds candidates plus a check run only on them
-(Luhn, mod-97, SSA rules, octet ranges). Scanning is driven by cheap anchors
-so a 1 KB text costs a few microseconds: emails are looked for around each
-'@'; numbers only inside "clusters" (runs of digits and separators) long
-enough to hold one; IPv6 only when the text has "::" or seven colons. Every
+(Luhn, mod-97, SSA rules, octet ranges, libphonenumber's metadata for phones:
+see _phones). Scanning is driven by cheap anchors so a 1 KB text costs a few
+microseconds: emails are looked for around each '@'; numbers only inside
+"clusters" (runs of digits and separators) long enough to hold one; IPv6 only
+when the text has "::" or six colons. Every
 entity but an email has an ASCII digit, so a text without '@' and digits
 costs a dozen single-character tests (each a memchr) and no regex at all.
 

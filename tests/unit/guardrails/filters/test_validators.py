@@ -79,10 +79,3 @@ def test_ipv4_octets(address: str, ok: bool) -> None:
 def test_ipv6_needs_a_valid_address_with_a_digit(address: str, ok: bool) -> None:
     """IPv6 is validated by ipaddress; all-letter forms (code paths) are not addresses."""
     assert v.ipv6_ok(address) is ok
-
-
-def test_nanp_area_and_exchange_start_with_2_to_9() -> None:
-    """North American area codes and exchanges never start with 0 or 1."""
-    assert v.nanp_ok("4155552671")
-    assert not v.nanp_ok("1235552671")
-    assert not v.nanp_ok("4151552671")
