@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -25,8 +25,7 @@ from gatewayd.config.schema import ClientConfig, Config, ServerConfig
 from gatewayd.tls import peer_subject
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     # For the audit event and the access log: client:NAME, key:HASH or ip:ADDRESS.
     name: str
     client: ClientConfig | None

@@ -7,16 +7,14 @@ budget, and none is half-counted when a backend fails midway.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from gatewayd.ratelimit.gcra import Rate, Take
 
 Limit = Literal["requests", "tokens", "concurrency"]
 
 
-@dataclass(frozen=True, slots=True)
-class Ask:
+class Ask(NamedTuple):
     # Whose budget: the scope (a route with its own limits, or all) and the
     # identity's limit key, as gatewayd.ratelimit.limiter builds it.
     key: str
@@ -32,8 +30,7 @@ class Ask:
     lease_for: float
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     refused: Limit | None
     # Seconds until asking again can succeed (0 when allowed).
     retry_after: float

@@ -144,7 +144,9 @@ class Limiter:
             tokens=plan.tokens,
             cost=cost,
             max_concurrent=plan.max_concurrent,
-            lease=f"{random.getrandbits(64):016x}",
+            # Unique, not secret: no getrandom() per request, and none at all
+            # without a concurrency limit.
+            lease=f"{random.getrandbits(64):016x}" if plan.max_concurrent else "",
             lease_for=plan.lease_for,
         )
         backend: Backend | None
