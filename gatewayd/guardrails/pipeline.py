@@ -37,8 +37,8 @@ from gatewayd.guardrails.types import (
     Stage,
     Summary,
     Verdict,
-    unknown_verdict,
 )
+from gatewayd.guardrails.unknown import unknown_verdict
 from gatewayd.observability.metrics import GUARDRAIL_OFF_LOOP
 
 

@@ -49,7 +49,8 @@ from gatewayd.guardrails.extract import (
 from gatewayd.guardrails.placeholders import Range, Redactions, StreamRestorer
 from gatewayd.guardrails.shapes import TextSlot, walk
 from gatewayd.guardrails.sse import Event, SSEParser, encode
-from gatewayd.guardrails.types import ALLOW, Stage, Summary, Verdict, unknown_verdict
+from gatewayd.guardrails.types import ALLOW, Stage, Summary, Verdict
+from gatewayd.guardrails.unknown import unknown_verdict
 
 _DONE = b"[DONE]"
 # "<" as JSON may also escape it (Go's encoding/json does).

@@ -26,7 +26,6 @@ from gatewayd.errors import (
     HTTPError,
     UnreadableAnswer,
 )
-from gatewayd.observability.metrics import GUARDRAIL_UNKNOWN
 
 
 class Stage(enum.Enum):
@@ -170,23 +169,3 @@ class Verdict:
 
 
 ALLOW = Verdict()
-
-UNKNOWN = "unknown"
-"""What `Summary.unchecked` names when something no shape describes passed unread."""
-# Unknown fields named in one message: the client gets a sample, not a list.
-_NAMED = 5
-
-
-def unknown_verdict(
-    policy: str, unknown: OnError, stage: Stage, fields: Sequence[str], summary: Summary
-) -> Verdict:
-    """A policy's answer to what it cannot read: refuse it, or pass it marked unchecked."""
-    if unknown == "block":
-        GUARDRAIL_UNKNOWN.labels(policy, stage.value, "refused").inc()
-        # The audit and access log say what was done: the payload was refused.
-        summary.action = Action.BLOCK
-        return Verdict(unknown=tuple(fields[:_NAMED]))
-    GUARDRAIL_UNKNOWN.labels(policy, stage.value, "passed").inc()
-    if UNKNOWN not in summary.unchecked:
-        summary.unchecked.append(UNKNOWN)
-    return ALLOW
