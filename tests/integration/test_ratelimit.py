@@ -490,3 +490,33 @@ async def test_forms_and_batch_files_are_held_to_the_model_list(
         sneaky = batch("gpt-fake", "gpt-4o")
         assert await _form(client, gw.url, files, {"purpose": "batch"}, sneaky) == 403
     assert len(fake_upstream.state.received) == 2
+
+
+async def test_a_guarded_stream_under_a_token_limit_reads_the_usage_it_asked_for(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """On a guarded route the usage events the gateway asked for pass the output guard,
+    are taken out for the client, and settle the reservation."""
+    extra = (
+        _ratelimit(tokens_per_minute=2000)
+        + """
+        filters:
+          pii: {kind: pii}
+        policies:
+          guard: {mode: redact, input: [pii], output: [pii], restore: true}
+    """
+    )
+    config = write_config(tmp_path, _config(tmp_path, fake_upstream.url, extra, "policy: guard"))
+    message = [{"role": "user", "content": "mail jane@example.com please"}]
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        for _ in range(3):
+            status, _, body = await _chat(
+                client, gw.url, messages=message, stream=True, max_tokens=1500
+            )
+            assert status == 200
+            assert b"jane@example.com" in body
+            assert b'"choices":[]' not in body
+            assert body.endswith(b"data: [DONE]\n\n")
+    sent = orjson.loads(fake_upstream.state.received[-1].body)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert "jane@example.com" not in fake_upstream.state.received[-1].body.decode()
