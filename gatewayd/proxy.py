@@ -88,10 +88,13 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) ->
         ex.audited = audit.enabled
         try:
             with runtime.serving():
-                response = await _proxy(request, runtime, limiter, ex)
+                try:
+                    response = await _proxy(request, runtime, limiter, ex)
+                finally:
+                    # However it ended, what the limiter granted goes back.
+                    await _settle(limiter, ex)
         except (asyncio.CancelledError, ConnectionResetError):
             ex.status, ex.error = CLIENT_CLOSED, "client_closed"
-            await _settle(limiter, ex)
             await record(ex, audit)
             raise
         except Exception as exc:
@@ -103,7 +106,6 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) ->
                 log.exception("unhandled error", extra={"fields": {"request_id": ex.request_id}})
                 error = HTTPError("the gateway failed to handle the request")
             ex.error = error.code
-            await _settle(limiter, ex)
             if ex.prepared:
                 # Status and headers are out. Re-raised, aiohttp closes the
                 # connection: the client sees an incomplete body, not a whole one.
@@ -114,8 +116,6 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) ->
                 # The rest of the body may still be coming: don't read it to
                 # keep the connection.
                 response.force_close()
-        else:
-            await _settle(limiter, ex)
         ex.status = response.status
         await record(ex, audit)
         return response
@@ -154,19 +154,27 @@ async def _proxy(
     endpoint, payload, doc = None, None, None
     if guard is not None:
         ex.policy = guard.policy.name
+    if guard is not None or (models and body):
+        # Read once, as its endpoint takes it: for the guardrails, and for
+        # every model a client held to a list may name.
         endpoint = endpoints.find(request.method, match.upstream_path)
         if endpoint is not None:
             payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
             doc = payload.doc
-    elif body and (
-        (plan is not None and plan.tokens is not None)
-        or models
-        or (ex.audited and _is_json(request.content_type))
+    if (
+        guard is None
+        and payload is None
+        and body
+        and (
+            (plan is not None and plan.tokens is not None)
+            or models
+            or (ex.audited and _is_json(request.content_type))
+        )
     ):
         doc = _parse_unguarded(body)
     _record_request(ex, doc)
     if models:
-        _check_models(runtime, identity, request, match.upstream_path, body, payload, doc)
+        _check_models(runtime, identity, body, payload, doc)
     strip = None
     if plan is not None:
         strip = await _limit(limiter, runtime, plan, identity, match.upstream_path, body, doc, ex)
@@ -230,8 +238,6 @@ async def _proxy(
 def _check_models(
     runtime: Runtime,
     identity: Identity,
-    request: web.Request,
-    upstream_path: str,
     body: bytes,
     payload: Payload | None,
     doc: dict[str, Any] | None,
@@ -240,10 +246,6 @@ def _check_models(
     own, a form's, each line's of an uploaded batch. Checked before any upstream."""
     client = identity.client
     assert client is not None
-    if payload is None and body:
-        endpoint = endpoints.find(request.method, upstream_path)
-        if endpoint is not None:
-            payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
     if payload is not None:
         asked = payload.models()
     elif doc is not None:
