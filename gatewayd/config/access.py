@@ -13,7 +13,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A model name as the APIs spell them (gpt-4o-mini, org/model:tag), or such a
 # prefix ending in one `*`.
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*\*?|\*")
-_HEADER = re.compile(r"header:([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
 
 _LIMITS: Spec = {
     "requests_per_minute": v.integer(0),
@@ -46,12 +45,12 @@ def limit_key(scalar: Scalar) -> str:
     written = scalar.text.strip()
     if written.lower() in ("client", "api_key", "ip", "tls_subject"):
         return written.lower()
-    match = _HEADER.fullmatch(written)
-    if match is None:
+    kind, _, name = written.partition(":")
+    if kind != "header" or not v.HEADER_NAME.fullmatch(name):
         raise ValueError(
             f"must be client, api_key, ip, tls_subject or header:NAME; got {v.shown(written)}"
         )
-    return f"header:{match.group(1).lower()}"
+    return f"header:{name.lower()}"
 
 
 def redis_url(scalar: Scalar) -> Secret:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from gatewayd.config import values as v
 from gatewayd.config.access import read_limits
 from gatewayd.config.reader import Many, Reader, Spec
@@ -17,8 +15,6 @@ from gatewayd.config.schema import (
 from gatewayd.config.source import Scalar
 from gatewayd.headers import GATEWAY_SET, HOP_BY_HOP, REQUEST_ID
 
-# RFC 9110 section 5.6.2: a header name is a token.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Headers the gateway sets or strips itself, per request or per connection.
 _OWNED = HOP_BY_HOP | GATEWAY_SET | {REQUEST_ID.lower()}
 
@@ -26,7 +22,7 @@ _OWNED = HOP_BY_HOP | GATEWAY_SET | {REQUEST_ID.lower()}
 def _header_name(scalar: Scalar) -> str:
     """A header name an upstream's headers may set or its drop_headers drop."""
     name = scalar.text.strip()
-    if not _TOKEN.fullmatch(name):
+    if not v.HEADER_NAME.fullmatch(name):
         raise ValueError(f"{v.shown(name)} is not a header name")
     if name.lower() == "authorization":
         raise ValueError("Authorization is the upstream's api_key (sent as Bearer)")

@@ -34,6 +34,8 @@ _LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]
 _RETRY_ON = re.compile(
     r"connect-failure|reset-before-request|reset|timeout|connect|[1-5]xx|[1-5][0-9][0-9]"
 )
+# RFC 9110 section 5.6.2: a header name is a token.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 
 
