@@ -7,8 +7,8 @@ from the cold end as new keys come in, so the dicts hold the recently active
 keys only; at `max_keys` the coldest key goes even if not yet idle, which
 hands that key a whole budget early rather than letting memory grow.
 
-About 150 bytes per key and kind of budget (measured in the tests: a
-million keys with a request limit stay under 200 MB).
+About 120 bytes per key and kind of budget (a million keys with a request
+limit measured 120 MB; the tests hold them under 200 MB).
 """
 
 from __future__ import annotations
