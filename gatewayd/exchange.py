@@ -41,14 +41,17 @@ class Exchange(AuditEvent):
     # Response headers already went out: a failure can no longer become an
     # error response, only an error event (SSE) or a cut connection.
     prepared: bool = False
-    # Model, stream flag and token counts are read for the audit event, and
-    # token counts for settling a token reservation.
+    # Model, stream flag and token counts are read for the audit event.
     audited: bool = True
-    counts_tokens: bool = False
     # What the rate limiter let this request take, given back when it ends.
     grant: Grant | None = None
     # The upstream was asked and answered 2xx: tokens may have been spent.
     generated: bool = False
+
+    @property
+    def counts_tokens(self) -> bool:
+        """A token reservation is held: the answer's token counts settle it."""
+        return self.grant is not None and self.grant.ask.tokens is not None
 
 
 def action_of(summary: Summary | None) -> str:

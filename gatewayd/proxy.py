@@ -291,7 +291,6 @@ async def _limit(
     ex.grant, ex.ratelimit = grant, f"shadow:{refused}" if refused else "allowed"
     if plan.tokens is None:
         return None
-    ex.counts_tokens = True
     return UsageEventStrip() if tokens.wants_usage_event(doc, upstream_path) else None
 
 
