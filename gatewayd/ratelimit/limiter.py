@@ -9,10 +9,12 @@ as they stand, since a budget is only a timestamp.
 Limits resolve client over route over the `ratelimit` defaults. A route with
 its own `ratelimit` has its own budgets; the others share one per key.
 
-With `backend: redis`, a Redis that fails or is slower than redis_timeout is
-left alone for a second (so a dead Redis costs one timeout per second, not
-one per request) and each decision meanwhile follows on_backend_error: this
-process's own budgets (allow, counted) or 503 (deny).
+With `backend: redis`, busy keys are decided on this instance's leases of
+their Redis budgets (gatewayd.ratelimit.leases), the rest in Redis. A Redis
+that fails or is slower than redis_timeout is left alone for a second (so a
+dead Redis costs one timeout per second, not one per request) and each
+decision meanwhile follows on_backend_error: this process's own budgets
+(allow, counted) or 503 (deny).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gatewayd.identity import Identity
 from gatewayd.observability import metrics
 from gatewayd.ratelimit.backend import Answer, Ask, Backend
 from gatewayd.ratelimit.gcra import Rate
+from gatewayd.ratelimit.leases import Leases
 from gatewayd.ratelimit.memory import MemoryBackend
 from gatewayd.ratelimit.redis_backend import RedisBackend
 from gatewayd.redis_client import RedisClients
@@ -118,9 +121,10 @@ class Limiter:
 
     def __init__(self, config: RateLimitConfig, redis: RedisClients) -> None:
         self.local = MemoryBackend(config.max_keys)
-        self.shared: RedisBackend | None = None
+        self.shared: Leases | None = None
         if config.backend == "redis" and config.redis_url is not None:
-            self.shared = RedisBackend(redis.client(config.redis_url), config.redis_timeout)
+            backend = RedisBackend(redis.client(config.redis_url), config.redis_timeout)
+            self.shared = Leases(backend, config.max_keys)
         self._skip_until = 0.0
 
     async def warm(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from gatewayd.errors import RateLimiterUnavailable
 from gatewayd.ratelimit.backend import Answer, Ask, Limit
@@ -23,26 +23,30 @@ from gatewayd.ratelimit.gcra import Rate, Take
 from gatewayd.redis_client import RedisClient, RedisReplyError, RedisUnavailable, Script
 
 # ARGV: requests interval, capacity (0: no limit); tokens interval, capacity,
-# cost; max concurrent (0: none), lease id, lease seconds.
+# cost; max concurrent (0: none), lease id, lease seconds; then requests and
+# tokens wanted (1 and cost are needed, more is taken only if it fits: an
+# instance's lease, gatewayd.ratelimit.leases) and requests and tokens given
+# back first (an earlier lease's leftovers).
 # Returns: refused (0 none, 1 requests, 2 tokens, 3 concurrency), retry after
-# in microseconds, then remaining and reset (microseconds) of requests and of
-# tokens. Lua numbers become integers on the way out, hence microseconds.
+# in microseconds, remaining and reset (microseconds) of requests and of
+# tokens, then requests and tokens taken. Lua numbers become integers on the
+# way out, hence microseconds.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local r_iv, r_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t_iv, t_cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_c = tonumber(ARGV[6])
+local r_want, t_want = tonumber(ARGV[9]), tonumber(ARGV[10])
 
-local function take(key, iv, cap, n)
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
-  local new = tat + n * iv
-  local tol = cap * iv
-  if new - now > tol then
-    return false, new - tol - now, tat
-  end
-  return true, 0, new
+local function put(key, tat)
+  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+end
+
+local function give(key, iv, n)
+  if n <= 0 then return end
+  local tat = tonumber(redis.call('GET', key) or '0') - n * iv
+  if tat > now then put(key, tat) else redis.call('DEL', key) end
 end
 
 local function left(tat, iv, cap)
@@ -51,34 +55,44 @@ local function left(tat, iv, cap)
   return l
 end
 
-local function us(s) return math.floor(s * 1000000) end
-
-local function put(key, tat)
-  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+-- At least `need` units, and up to `want` of what fits.
+local function take(key, iv, cap, need, want)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local fit = left(tat, iv, cap)
+  if fit < need then
+    return false, tat + need * iv - cap * iv - now, tat, 0
+  end
+  if want > fit then want = fit end
+  return true, 0, tat + want * iv, want
 end
 
+local function us(s) return math.floor(s * 1000000) end
+
+if r_cap > 0 then give(KEYS[1], r_iv, tonumber(ARGV[11])) end
+if t_cap > 0 then give(KEYS[2], t_iv, tonumber(ARGV[12])) end
 if max_c > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZCARD', KEYS[3]) >= max_c then
-    return {3, 1000000, -1, 0, -1, 0}
+    return {3, 1000000, -1, 0, -1, 0, 0, 0}
   end
 end
-local r_tat, t_tat = now, now
+local r_tat, t_tat, r_got, t_got = now, now, 0, 0
 if r_cap > 0 then
-  local ok, wait, tat = take(KEYS[1], r_iv, r_cap, 1)
+  local ok, wait, tat, got = take(KEYS[1], r_iv, r_cap, 1, r_want)
   if not ok then
-    return {1, us(wait), left(tat, r_iv, r_cap), us(tat - now), -1, 0}
+    return {1, us(wait), left(tat, r_iv, r_cap), us(tat - now), -1, 0, 0, 0}
   end
-  r_tat = tat
+  r_tat, r_got = tat, got
 end
 if t_cap > 0 then
-  local ok, wait, tat = take(KEYS[2], t_iv, t_cap, cost)
+  local ok, wait, tat, got = take(KEYS[2], t_iv, t_cap, cost, t_want)
   if not ok then
     local r_left = -1
     if r_cap > 0 then r_left = left(r_tat, r_iv, r_cap) end
-    return {2, us(wait), r_left, us(r_tat - now), left(tat, t_iv, t_cap), us(tat - now)}
+    return {2, us(wait), r_left, us(r_tat - now), left(tat, t_iv, t_cap), us(tat - now), 0, 0}
   end
-  t_tat = tat
+  t_tat, t_got = tat, got
 end
 if r_cap > 0 then put(KEYS[1], r_tat) end
 if t_cap > 0 then put(KEYS[2], t_tat) end
@@ -90,7 +104,7 @@ end
 local r_left, t_left = -1, -1
 if r_cap > 0 then r_left = left(r_tat, r_iv, r_cap) end
 if t_cap > 0 then t_left = left(t_tat, t_iv, t_cap) end
-return {0, 0, r_left, us(r_tat - now), t_left, us(t_tat - now)}
+return {0, 0, r_left, us(r_tat - now), t_left, us(t_tat - now), r_got, t_got}
 """
 
 # ARGV: tokens interval, tokens more used than reserved (negative: fewer),
@@ -115,6 +129,15 @@ end
 return 0
 """
 
+
+class Taken(NamedTuple):
+    """Redis's answer, and how much of each budget it took (0 when refused)."""
+
+    answer: Answer
+    requests: int
+    tokens: int
+
+
 _REFUSED: tuple[Limit | None, ...] = (None, "requests", "tokens", "concurrency")
 _US = 1_000_000
 _ACQUIRE_SCRIPT = Script(_ACQUIRE)
@@ -138,25 +161,38 @@ class RedisBackend:
         await self._client.warm()
 
     async def acquire(self, ask: Ask) -> Answer:
-        requests, tokens = ask.requests, ask.tokens
+        return (await self.take(ask, 1, ask.cost, 0, 0)).answer
+
+    async def take(
+        self, ask: Ask, requests: int, tokens: int, return_requests: int, return_tokens: int
+    ) -> Taken:
+        """Like acquire, but take up to `requests` and `tokens` where they fit
+        (one and ask.cost are needed), after giving back `return_requests` and
+        `return_tokens` taken earlier."""
+        rates = ask.requests, ask.tokens
         args = (
-            *_rate_args(requests),
-            *_rate_args(tokens),
+            *_rate_args(rates[0]),
+            *_rate_args(rates[1]),
             ask.cost,
             ask.max_concurrent,
             ask.lease,
             ask.lease_for,
+            requests,
+            tokens,
+            return_requests,
+            return_tokens,
         )
         started = time.perf_counter()
         reply = await self._run(_ACQUIRE_SCRIPT, _keys(ask.key), args)
         self._measure(time.perf_counter() - started)
         refused = _REFUSED[int(reply[0])]
-        return Answer(
+        answer = Answer(
             refused,
             int(reply[1]) / _US,
-            _take(requests, refused is None, reply[2], reply[3]),
-            _take(tokens, refused is None, reply[4], reply[5]),
+            _take(rates[0], refused is None, reply[2], reply[3]),
+            _take(rates[1], refused is None, reply[4], reply[5]),
         )
+        return Taken(answer, int(reply[6]), int(reply[7]))
 
     async def settle(self, ask: Ask, used: int | None) -> None:
         delta = 0 if used is None or ask.tokens is None else used - ask.cost
