@@ -82,6 +82,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     # Closed after the runtime, whose caches use them too.
     await app[LIMITER].warm()
     yield
+    await app[LIMITER].close()
     await app[REDIS].close()
 
 

@@ -49,7 +49,8 @@ class Backend(Protocol):
 
     async def settle(self, ask: Ask, used: int | None) -> None:
         """The request ended: correct its token reservation to `used` (None keeps
-        the reservation) and give back its concurrency slot."""
+        the reservation) and give back its concurrency slot. Never raises:
+        a failure is counted, and leases run out by themselves."""
         ...
 
     def status(self) -> dict[str, Any]: ...

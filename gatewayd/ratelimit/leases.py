@@ -24,7 +24,9 @@ does not become a flood of Redis calls.
 
 Concurrency limits are decided in Redis on every request: a slot is one
 request's and is never leased. Tokens a request did not use go back to the
-key's live lease (up to its bound), the rest to Redis.
+key's live lease (up to its bound), the rest to Redis. Settling in Redis (a
+slot freed, tokens corrected) runs in the background: the client's answer
+does not wait for it, and a Redis that fails it is counted, not raised.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gatewayd.errors import RateLimiterUnavailable
+from gatewayd.observability import metrics
 from gatewayd.ratelimit.backend import Answer, Ask
 from gatewayd.ratelimit.gcra import Rate, Take
 from gatewayd.ratelimit.redis_backend import RedisBackend
@@ -83,6 +87,7 @@ class Leases:
         self._max_keys = max_keys
         self._clock = clock
         self._leases: dict[str, _Lease] = {}
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def warm(self) -> None:
         await self._shared.warm()
@@ -109,8 +114,10 @@ class Leases:
             return await self._renew(ask, lease, now)
 
     async def settle(self, ask: Ask, used: int | None) -> None:
+        """Settle on the lease where it can; what needs Redis goes out in the
+        background, so the answer does not wait a round trip for it."""
         if ask.max_concurrent:
-            await self._shared.settle(ask, used)
+            self._later(ask, used)
             return
         tokens = ask.tokens
         if tokens is None or used is None or used == ask.cost:
@@ -126,7 +133,24 @@ class Leases:
                 lease.left_tokens -= delta
                 delta = 0
         if delta:
-            await self._shared.settle(ask, ask.cost + delta)
+            self._later(ask, ask.cost + delta)
+
+    async def settled(self) -> None:
+        """Wait for the settlements still out (each bounded by redis_timeout)."""
+        await asyncio.gather(*self._settling)
+
+    def _later(self, ask: Ask, used: int | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(ask, used))
+        # Held until done: the loop keeps only weak references to tasks.
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, ask: Ask, used: int | None) -> None:
+        try:
+            await self._shared.settle(ask, used)
+        except RateLimiterUnavailable as exc:
+            # The reservation stands and the slot's lease runs out by itself.
+            metrics.child(metrics.RATELIMIT_BACKEND_ERRORS, exc.kind).inc()
 
     def _lease(self, ask: Ask, now: float) -> _Lease:
         lease = self._leases.get(ask.key)

@@ -205,11 +205,12 @@ class Limiter:
         ask, backend = grant.ask, grant.backend
         if backend is None or (ask.tokens is None and not ask.max_concurrent):
             return
-        try:
-            await backend.settle(ask, used)
-        except RateLimiterUnavailable as exc:
-            # The reservation stands and the slot's lease runs out by itself.
-            metrics.child(metrics.RATELIMIT_BACKEND_ERRORS, exc.kind).inc()
+        await backend.settle(ask, used)
+
+    async def close(self) -> None:
+        """Finish what is still being settled in Redis."""
+        if self.shared is not None:
+            await self.shared.settled()
 
 
 def _limited(plan: Plan, answer: Answer) -> RateLimited:

@@ -149,14 +149,28 @@ async def test_unused_tokens_go_back_to_the_lease_then_to_redis(client: RedisCli
     assert backend.calls == 2
     await leases.settle(ask, 0)
     assert backend.calls == 2
-    # Holding 1000 already: this refund goes to Redis.
+    # Holding 1000 already: this refund goes to Redis, in the background.
     await leases.settle(ask, 0)
+    await leases.settled()
     assert backend.calls == 3
     clock.now += 1.0
     answer = await leases.acquire(ask)
     # Nothing used at all: with the lease's 1000 back, only this request's 600 is taken.
     assert answer.tokens is not None
     assert answer.tokens.remaining == 16_000 - 600
+
+
+async def test_a_slot_is_freed_in_the_background(client: RedisClient) -> None:
+    """Under max_concurrent every request asks Redis; its slot goes back after the answer."""
+    leases, backend = _instance(client, Clock())
+    ask = Ask("*:client:app", SLOW, None, 0, 1, "one", 60.0)
+    assert (await leases.acquire(ask)).refused is None
+    assert (await leases.acquire(ask._replace(lease="two"))).refused == "concurrency"
+    await leases.settle(ask, None)
+    assert backend.calls == 2
+    await leases.settled()
+    assert backend.calls == 3
+    assert (await leases.acquire(ask._replace(lease="three"))).refused is None
 
 
 async def test_a_changed_rate_starts_a_new_lease(client: RedisClient) -> None:
