@@ -17,10 +17,11 @@ one instance holds are not available to another meanwhile. That is bounded:
   few times per _LEASE_FOR and a quiet one leases a unit at a time.
 
 One renewal per key is in flight at once: requests arriving meanwhile wait
-for it rather than each leasing more. A request refused for its request
-budget makes the same key's requests refused here until its retry-after
-(a request budget only refills with time), so a flood of refused requests
-does not become a flood of Redis calls.
+for it rather than each leasing more, and share its failure if it fails. A
+request refused for its request budget makes the same key's requests
+refused here until its retry-after (a request budget only refills with
+time), so a flood of refused requests does not become a flood of Redis
+calls.
 
 Concurrency limits are decided in Redis on every request: a slot is one
 request's and is never leased. Tokens a request did not use go back to the
@@ -69,7 +70,8 @@ class _Lease:
     size: int = 1
     # Redis's answer when leased, which the headers start from.
     answer: Answer | None = None
-    renewing: asyncio.Future[None] | None = None
+    # Resolved when the renewal in flight ends: with its failure, if it failed.
+    renewing: asyncio.Future[RateLimiterUnavailable | None] | None = None
     # A refusal for the request budget, repeated here until `refused_until`.
     refused: Answer | None = None
     refused_until: float = 0.0
@@ -102,7 +104,10 @@ class Leases:
             now = self._clock()
             lease = self._lease(ask, now)
             if lease.renewing is not None:
-                await asyncio.shield(lease.renewing)
+                failure = await asyncio.shield(lease.renewing)
+                if failure is not None:
+                    # Not a Redis call each, one after the other, for a Redis that is away.
+                    raise RateLimiterUnavailable(failure.kind)
                 continue
             if lease.refused is not None and now < lease.refused_until:
                 return lease.refused._replace(retry_after=lease.refused_until - now)
@@ -175,11 +180,15 @@ class Leases:
         # give them back twice (losing them is the safe side).
         back_requests, back_tokens = lease.left_requests, lease.left_tokens
         lease.left_requests = lease.left_tokens = 0
-        lease.renewing = asyncio.get_running_loop().create_future()
+        renewing = lease.renewing = asyncio.get_running_loop().create_future()
         try:
             taken = await self._shared.take(ask, requests, tokens, back_requests, back_tokens)
+        except RateLimiterUnavailable as exc:
+            renewing.set_result(exc)
+            raise
         finally:
-            lease.renewing.set_result(None)
+            if not renewing.done():
+                renewing.set_result(None)
             lease.renewing = None
         answer = taken.answer
         now = self._clock()

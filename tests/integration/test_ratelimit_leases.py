@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gatewayd.errors import RateLimiterUnavailable
 from gatewayd.ratelimit.backend import Ask
 from gatewayd.ratelimit.gcra import Rate
 from gatewayd.ratelimit.leases import Leases
@@ -129,6 +130,33 @@ async def test_concurrent_requests_share_one_renewal(client: RedisClient) -> Non
     answers = await asyncio.gather(*(leases.acquire(_ask()) for _ in range(50)))
     assert all(a.refused is None for a in answers)
     assert backend.calls <= 7
+
+
+async def test_requests_waiting_on_a_failed_renewal_fail_with_it() -> None:
+    """With a Redis that never answers, requests on one key fail together after
+    one timeout, not one timeout after another."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mute = RedisClient(f"redis://127.0.0.1:{port}/0")
+    leases = Leases(RedisBackend(mute, 0.2), 1000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        results = await asyncio.gather(
+            *(leases.acquire(_ask()) for _ in range(20)), return_exceptions=True
+        )
+    finally:
+        await mute.close()
+        for writer in held:
+            writer.close()
+        server.close()
+    assert all(isinstance(r, RateLimiterUnavailable) for r in results)
+    assert loop.time() - started < 1.0
 
 
 async def test_unused_tokens_go_back_to_the_lease_then_to_redis(client: RedisClient) -> None:
