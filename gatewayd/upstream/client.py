@@ -31,7 +31,8 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -87,7 +88,13 @@ class UpstreamResponse:
 class Upstream:
     """One configured upstream with its own connection pool and a breaker per target."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = config.name
         self.config = config
         self._targets = Targets(config.urls)
@@ -97,12 +104,17 @@ class Upstream:
         self._duration = UPSTREAM_DURATION.labels(upstream=self.name)
         self.breakers = tuple(
             CircuitBreaker(
-                config.breaker, on_change=functools.partial(self._on_breaker_change, label)
+                config.breaker,
+                clock=clock,
+                on_change=functools.partial(self._on_breaker_change, label),
             )
             for label in self._targets.labels
         )
         for label in self._targets.labels:
             CIRCUIT_OPEN.labels(upstream=self.name, target=label).set(0)
+        # Tests' seams: a transport given here replaces the pool start() would
+        # make, and `clock` steps the breakers' open_for.
+        self._given = transport
         self._transport: Transport | None = None
         self._origins: tuple[Origin, ...] = ()
         self._in_flight = 0
@@ -115,7 +127,7 @@ class Upstream:
         if self._transport is not None:
             return
         cfg = self.config
-        transport = PooledTransport(
+        transport = self._given or PooledTransport(
             limit=cfg.pool_size,
             limit_per_host=cfg.pool_size_per_host,
             keepalive=cfg.keepalive,
