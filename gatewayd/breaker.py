@@ -52,6 +52,12 @@ class CircuitBreaker:
             self._probes = 0
         return self._state
 
+    @property
+    def failures(self) -> int:
+        """Consecutive failures so far: 0 after a success; once it reaches
+        failure_threshold the breaker is open."""
+        return self._failures
+
     def allow(self) -> bool:
         """May a call go out now? In half-open, each True is a probe slot
         that must be answered with record_success or record_failure."""

@@ -23,6 +23,16 @@ ends with its response headers: 5xx and every failure are failures, anything
 else (429 included: the host is alive) a success. A body that breaks off later
 while the proxy streams it is not counted here. The upstream is "open" only
 while every target is.
+
+A target that has not proven itself (it failed since its last success, or no
+connection to it was ever made) takes at most as many attempts awaiting an
+outcome as its breaker has failures left before opening: a dead one that
+fails fast, and so always looks idle to Targets.ranked, is ejected after
+exactly failure_threshold tries instead of drawing every pick until then.
+When every target the breakers allow is capped, the least failing one takes
+the request anyway; only while that one has never been reached (a burst at
+start, before any connect result) does the request wait for the next connect
+or outcome, at most a connect's time. One target alone is never capped.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 from aiohttp import hdrs
@@ -68,6 +79,29 @@ _BUDGET_EXHAUSTED = "budget_exhausted"
 
 # Weight of the newest sample in the latency moving average (about the last 20).
 _LATENCY_WEIGHT = 0.05
+# _choose's answer when the request should wait for news of the attempts in flight.
+_WAIT: Final = -1
+
+
+class _Connecting(Progress):
+    """The Progress of an attempt on a target never reached before, which
+    calls `on_connect` when the transport has its connection."""
+
+    __slots__ = ("_connected", "_on_connect")
+
+    def __init__(self, on_connect: Callable[[], None]) -> None:
+        self._on_connect = on_connect
+        super().__init__()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        self._connected = value
+        if value:
+            self._on_connect()
 
 
 @dataclass(slots=True)
@@ -112,12 +146,16 @@ class Upstream:
         )
         for label in self._targets.labels:
             CIRCUIT_OPEN.labels(upstream=self.name, target=label).set(0)
+        self._threshold = config.breaker.failure_threshold
         # Tests' seams: a transport given here replaces the pool start() would
         # make, and `clock` steps the breakers' open_for.
         self._given = transport
         self._transport: Transport | None = None
         self._origins: tuple[Origin, ...] = ()
         self._in_flight = 0
+        # Set when a target is reached or an attempt ends, for requests that
+        # wait on _WAIT; None while nobody waits.
+        self._news: asyncio.Event | None = None
         # Moving average of time to response headers, for /health/detailed:
         # probing an LLM API from a health check would cost real calls.
         self._latency_ms: float | None = None
@@ -158,7 +196,12 @@ class Upstream:
         if transport is None:
             raise RuntimeError(f"upstream {self.name} was not started")
         targets = self._targets
+        # Counted before a wait on _WAIT: the retries of the attempts ahead of
+        # a waiting request draw on the budget its arrival adds to.
+        self._budget.record_request()
         index = self._choose(())
+        if index == _WAIT:
+            index = await self._choose_later(())
         if index is None:
             raise self._all_open()
         loop = asyncio.get_running_loop()
@@ -167,7 +210,6 @@ class Upstream:
         if not path_qs.startswith("/"):
             path_qs = "/" + path_qs
         tried: set[int] = set()
-        self._budget.record_request()
         self._in_flight += 1
         # The breaker whose permit (allow() returned True) is not yet answered
         # with a success or failure; see the except clause below.
@@ -184,7 +226,11 @@ class Upstream:
                     exhausted = UpstreamTimeout(f"upstream {self.name}: total timeout exhausted")
                     exhausted.attempts = attempt - 1
                     raise exhausted
-                progress = Progress()
+                progress = (
+                    Progress()
+                    if targets.reached(index)
+                    else _Connecting(functools.partial(self._reach, index))
+                )
                 resp: Reply | None = None
                 failure: BaseException | None = None
                 kind = ""
@@ -201,6 +247,7 @@ class Upstream:
                         progress=progress,
                     )
                 except BaseException as exc:
+                    self._answered(index)
                     targets.end(index)
                     if not isinstance(exc, TimeoutError | aiohttp.ClientError):
                         raise
@@ -209,6 +256,7 @@ class Upstream:
                     outcome = progress.outcome(kind)
                     breaker.record_failure()
                 else:
+                    self._answered(index)
                     outcome = Outcome.response(resp.status, resp.headers)
                     self._track_latency((loop.time() - started) * 1000.0)
                     if resp.status >= 500:
@@ -225,6 +273,8 @@ class Upstream:
                     else None
                 )
                 following = self._choose(tried) if delay is not None else None
+                if following == _WAIT:
+                    following = await self._choose_later(tried)
                 if following is None:
                     if resp is None:
                         error = self._error(outcome, kind, attempt)
@@ -276,11 +326,66 @@ class Upstream:
         }
 
     def _choose(self, tried: Collection[int]) -> int | None:
-        """The best target (Targets.ranked) whose breaker lets a call through."""
-        for index in self._targets.ranked(tried):
-            if self.breakers[index].allow():
+        """The best target (Targets.ranked) that is not capped and whose breaker
+        lets a call through; else the least failing capped one, or _WAIT while
+        that one was never reached; None when every breaker refuses."""
+        targets, breakers = self._targets, self.breakers
+        if len(targets) == 1:
+            # Nowhere else to send it: a cap could only delay the request.
+            return 0 if breakers[0].allow() else None
+        spare: int | None = None
+        for index in targets.ranked(tried):
+            if self._capped(index):
+                if spare is None or breakers[index].failures < breakers[spare].failures:
+                    spare = index
+            elif breakers[index].allow():
                 return index
-        return None
+        # Capped with no failure means never reached: what its attempts in
+        # flight find out comes within a connect, so the request waits for it.
+        # A capped breaker is closed, so it has no permit to take.
+        if spare is not None and breakers[spare].failures == 0:
+            return _WAIT
+        return spare
+
+    async def _choose_later(self, tried: Collection[int]) -> int | None:
+        """_choose again after each connect or outcome, until it does not say _WAIT."""
+        index: int | None = _WAIT
+        while index == _WAIT:
+            if self._news is None:
+                self._news = asyncio.Event()
+            await self._news.wait()
+            index = self._choose(tried)
+        return index
+
+    def _capped(self, index: int) -> bool:
+        """Is the target closed but unproven (failures since its last success,
+        or never reached), with as many attempts awaiting an outcome as
+        failures would open its breaker?"""
+        breaker = self.breakers[index]
+        failures = breaker.failures
+        targets = self._targets
+        if failures == 0 and targets.reached(index):
+            return False
+        # An open or half-open breaker is allow()'s to refuse.
+        return (
+            breaker.state is BreakerState.CLOSED
+            and targets.awaiting(index) >= self._threshold - failures
+        )
+
+    def _reach(self, index: int) -> None:
+        self._targets.reach(index)
+        self._tell()
+
+    def _answered(self, index: int) -> None:
+        self._targets.answered(index)
+        if self._news is not None:
+            self._tell()
+
+    def _tell(self) -> None:
+        """Wake the requests waiting on _WAIT."""
+        news, self._news = self._news, None
+        if news is not None:
+            news.set()
 
     def _next_delay(
         self, outcome: Outcome, attempt: int, remaining: float, tried: set[int]

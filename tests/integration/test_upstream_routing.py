@@ -1,13 +1,19 @@
-"""Through the gateway: a route's fallback, and the 503 once every target is ejected."""
+"""Through the gateway: a route's fallback, the 503 once every target is
+ejected, and a dead target of three ejected after exactly failure_threshold tries."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 
+from gatewayd.breaker import BreakerState
 from tests.conftest import FakeUpstream, free_port
+from tests.fakes.openai_upstream import FakeState, make_app
 from tests.harness import running_gateway, write_config
 
 CHAT = {"model": "gpt-fake", "messages": [{"role": "user", "content": "hello there"}]}
@@ -78,3 +84,58 @@ async def test_fallback_answers_and_the_audit_names_it(
         ("spare", 200, 2),
         ("spare", 200, 1),
     ]
+
+
+async def test_a_dead_target_is_tried_failure_threshold_times_under_a_burst(
+    tmp_path: Path, fake_upstream: FakeUpstream, aiohttp_server: Any
+) -> None:
+    """64 concurrent requests at start, then 64 more, over two live targets and
+    one refusing connections: every client gets 200, and the dead target gets
+    exactly failure_threshold (5) attempts before its breaker opens."""
+    second = FakeState()
+    other = await aiohttp_server(make_app(second))
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = write_config(
+        tmp_path,
+        f"""
+        server:
+          listen: 127.0.0.1:0
+        logging:
+          level: warning
+        upstreams:
+          pool:
+            urls: [{fake_upstream.url}, http://127.0.0.1:{other.port}, {dead}]
+            breaker:
+              failure_threshold: 5
+              open_for: 30s
+        routes:
+          v1:
+            prefix: /v1/
+            upstream: pool
+        audit:
+          sink: jsonl
+          path: {tmp_path}/audit.jsonl
+          flush_interval: 50ms
+        """,
+    )
+
+    async def post(client: aiohttp.ClientSession, url: str) -> int:
+        async with client.post(url, json=CHAT) as resp:
+            await resp.read()
+            return resp.status
+
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        url = f"{gw.url}/v1/chat/completions"
+        for _ in range(2):
+            statuses = await asyncio.gather(*(post(client, url) for _ in range(64)))
+            assert statuses == [200] * 64
+        breakers = gw.holder.current.upstreams["pool"].breakers
+        assert [b.state for b in breakers] == [
+            BreakerState.CLOSED,
+            BreakerState.CLOSED,
+            BreakerState.OPEN,
+        ]
+    # Each request made one good attempt, after at most one on the dead target.
+    attempts = Counter(e["attempts"] for e in _events(tmp_path))
+    assert attempts == {1: 123, 2: 5}
+    assert len(fake_upstream.state.received) + len(second.received) == 128

@@ -72,3 +72,21 @@ def test_probe_success_closes_and_failure_reopens() -> None:
         BreakerState.HALF_OPEN,
         BreakerState.CLOSED,
     ]
+
+
+def test_failures_counts_consecutive_failures_through_open_and_half_open() -> None:
+    """`failures` is the run of failures since the last success, whatever the state."""
+    breaker, clock, _ = _breaker()
+    assert breaker.failures == 0
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.failures == 2
+    breaker.record_success()
+    assert breaker.failures == 0
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 10
+    assert breaker.allow()
+    assert breaker.failures == 3
+    breaker.record_failure()
+    assert (breaker.state, breaker.failures) == (BreakerState.OPEN, 4)

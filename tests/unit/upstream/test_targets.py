@@ -71,3 +71,21 @@ def test_one_target_is_always_first() -> None:
     targets = Targets(["http://a"])
     targets.begin(0)
     assert targets.ranked() == [0]
+
+
+def test_attempts_awaiting_an_outcome_are_counted_apart_from_load() -> None:
+    """An answered attempt stops awaiting at once, while its body keeps the
+    target loaded until end(); reach() marks a target connected for good."""
+    targets = Targets(["http://a", "http://b"])
+    assert (targets.awaiting(0), targets.reached(0)) == (0, False)
+    targets.begin(0)
+    targets.begin(0)
+    targets.reach(0)
+    targets.answered(0)
+    assert (targets.awaiting(0), targets.reached(0), targets.reached(1)) == (1, True, False)
+    # Still two in flight: b is the less loaded.
+    assert targets.ranked()[0] == 1
+    targets.end(0)
+    targets.end(0)
+    targets.answered(0)
+    assert targets.awaiting(0) == 0
