@@ -3,12 +3,14 @@
 There is no middleware: the proxy handler does its own accounting, so the
 request path reads top to bottom in one place. Resources unwind in reverse:
 the audit writer is set up first and closed last, so the events of the final
-requests still land.
+requests still land. While it serves, the cyclic garbage collector runs
+less often (`_GC_YOUNG`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -47,6 +49,7 @@ def make_app(
     app.cleanup_ctx.append(_audit_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_runtime_ctx)
+    app.cleanup_ctx.append(_gc_ctx)
     # The gateway's own paths: GET (and so HEAD), never proxied.
     reserved: tuple[tuple[str, Handler], ...] = (
         ("/health", health.live),
@@ -92,6 +95,23 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # By now the server has drained in-flight requests (shutdown_timeout).
     await holder.current.close()
+
+
+# Live container objects allocated since the last young-generation
+# collection that trigger the next (CPython's default: 700). Requests free
+# nearly all they allocate by reference counting, but 64 in flight hold a few
+# thousand objects at once, so the default collected ~115 times a second
+# (with 11 middle and one 25 ms full collection), found no garbage and cost
+# 6-7% of the CPU. Above the working set, a run of 20,000 requests at c=64
+# made a handful.
+_GC_YOUNG = 10_000
+
+
+async def _gc_ctx(app: web.Application) -> AsyncIterator[None]:
+    threshold = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG, *threshold[1:])
+    yield
+    gc.set_threshold(*threshold)
 
 
 async def _metrics(request: web.Request) -> web.Response:
