@@ -320,9 +320,9 @@ async def read_body(request: web.Request, server: ServerConfig) -> bytes:
         raise RequestTooLarge(f"request body exceeds {limit} bytes")
     content = request.content
     if content.is_eof():
-        # Already buffered whole: no waiting, but a chunked body has no
+        # Already buffered whole: taken at once, but a chunked body has no
         # Content-Length to have been checked against.
-        body = await content.read()
+        body = content.read_nowait()
         if len(body) > limit:
             raise RequestTooLarge(f"request body exceeds {limit} bytes")
         return body

@@ -144,7 +144,12 @@ class Reply:
 
     async def read(self) -> bytes:
         """The whole body."""
-        return await self.content.read()
+        content = self.content
+        if content.is_eof():
+            # Usually all of it came with the headers: taken at once, without
+            # the coroutine per chunk read() awaits (about half the cost).
+            return content.read_nowait()
+        return await content.read()
 
     def release(self) -> None:
         """Done with the answer: the connection goes back to the pool if the body
