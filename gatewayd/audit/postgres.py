@@ -1,8 +1,12 @@
 """The PostgreSQL audit sink: batches through binary COPY, over an asyncpg pool.
 
-A batch is COPY'd into a per-connection temporary table and moved into
-`gatewayd_audit` with INSERT ... ON CONFLICT DO NOTHING in one transaction,
-so a replayed batch never doubles a row. The database may be down when
+A batch is one binary COPY straight into `gatewayd_audit`: one statement,
+committed on its own. COPY is all or nothing, so a batch holding an event
+stored already (a replay after a commit whose acknowledgement was lost) fails
+whole with a unique violation and stores nothing; only then is it COPY'd into
+a per-connection temporary table and moved over with INSERT ... ON CONFLICT
+DO NOTHING in one transaction, so a replay never doubles a row and a fresh
+batch never pays for the check. The database may be down when
 gatewayd starts: the sink opens anyway, and the writer spools until the
 first write succeeds (readiness never depends on the audit database).
 
@@ -114,6 +118,9 @@ class PostgresSink:
         self._partitioned: bool | None = None
         self._months: set[table.Month] = set()
         self._maintainer: asyncio.Task[None] | None = None
+        # One upkeep at a time: a retention pass whose rows another deletes
+        # under it would stop early, taking them for the last.
+        self._upkeep = asyncio.Lock()
 
     async def open(self) -> None:
         """Make the pool (connecting lazily) and start maintenance; never fails on the database."""
@@ -122,6 +129,7 @@ class PostgresSink:
             min_size=0,
             max_size=POOL_SIZE,
             init=_init_connection,
+            reset=_keep_session,
         )
         self._maintainer = asyncio.create_task(self._maintain_loop(), name="gatewayd-audit-table")
 
@@ -144,7 +152,7 @@ class PostgresSink:
         """Create the table if missing, next month's partition, and apply the retention."""
         pool = self._ready_pool()
         with translated():
-            async with pool.acquire() as conn:
+            async with self._upkeep, pool.acquire() as conn:
                 await self._prepare(conn)
                 retention = self._config.retention
                 if retention is not None:
@@ -182,9 +190,7 @@ class PostgresSink:
                     await table.create_partitions(conn, missing)
                     self._months |= missing
             try:
-                async with conn.transaction():
-                    await conn.copy_records_to_table(table.INCOMING, records=rows, columns=COLUMNS)
-                    await conn.execute(table.INSERT)
+                await _copy(conn, rows)
             except asyncpg.UndefinedTableError:
                 # Dropped under us: made again before the next try.
                 self._partitioned = None
@@ -233,5 +239,23 @@ class PostgresSink:
         return self._pool
 
 
+async def _copy(conn: table.Conn, rows: list[list[Any]]) -> None:
+    """COPY `rows` into the table, skipping the events it holds already."""
+    try:
+        await conn.copy_records_to_table(table.TABLE, records=rows, columns=COLUMNS)
+    except asyncpg.UniqueViolationError:
+        # COPY keeps all or nothing, so none of the rows was kept: they go
+        # through the landing table, which lets ON CONFLICT skip the stored ones.
+        async with conn.transaction():
+            await conn.copy_records_to_table(table.INCOMING, records=rows, columns=COLUMNS)
+            await conn.execute(table.INSERT)
+
+
 async def _init_connection(conn: table.Conn) -> None:
     await conn.execute(table.CREATE_INCOMING)
+
+
+async def _keep_session(conn: table.Conn) -> None:
+    """Return a connection to the pool as it is (asyncpg still rolls back an open
+    transaction): the sink sets no session state, and the default reset would
+    cost a round trip per batch."""

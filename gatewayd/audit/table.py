@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE = "gatewayd_audit"
-# Each connection's own landing table for COPY; ON CONFLICT works on INSERT only.
+# Each connection's own landing table for a batch the table may hold in part:
+# ON CONFLICT works on INSERT only, not on COPY.
 INCOMING = "gatewayd_audit_incoming"
 
 # One entry per AuditEvent field, in column order (a unit test holds them equal).

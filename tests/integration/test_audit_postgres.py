@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from gatewayd.audit import table
 from gatewayd.audit.event import COLUMNS, AuditEvent
 from gatewayd.audit.jsonl import encode
 from gatewayd.audit.postgres import PostgresSink
-from gatewayd.audit.spool import DEAD_LETTER
+from gatewayd.audit.spool import DEAD_LETTER, Spool
 from gatewayd.audit.writer import AuditWriter
 from gatewayd.config.schema import AuditConfig, PostgresSinkConfig, Secret
 from tests.conftest import AuditDatabase, FakeUpstream, free_port
@@ -201,12 +202,37 @@ async def test_a_batch_stored_twice_leaves_one_row_per_event(
     sink = PostgresSink(_sink(audit_db.dsn, tmp_path))
     await sink.open()
     batch = [_event(n, findings={"input": {"EMAIL_ADDRESS": 2}}) for n in range(50)]
+    assert await sink.write(batch[:30]) == 30
     assert await sink.write(batch) == 50
     assert await sink.write(batch[10:]) == 40
     await sink.close()
     rows = await audit_db.rows("event_id, findings")
-    assert len(rows) == 50
+    assert sorted(r["event_id"] for r in rows) == sorted(uuid.UUID(e.event_id) for e in batch)
     assert orjson.loads(rows[0]["findings"]) == {"input": {"EMAIL_ADDRESS": 2}}
+
+
+async def test_a_spooled_batch_whose_commit_landed_is_replayed_without_doubling(
+    audit_db: AuditDatabase, tmp_path: Path
+) -> None:
+    """A batch stored, then spooled as its acknowledgement was lost, leaves one row per event."""
+    spool_dir = tmp_path / "spool"
+    events = [_event(n) for n in range(40)]
+    sink = PostgresSink(_sink(audit_db.dsn, spool_dir))
+    await sink.open()
+    await sink.write(events[:25])
+    await sink.close()
+    spool = Spool(spool_dir)
+    spool.open()
+    spool.append(events)
+    spool.close()
+    config = AuditConfig(sink=_sink(audit_db.dsn, spool_dir), batch_size=16, flush_interval=0.05)
+    writer = AuditWriter(config)
+    await writer.start()
+    await _until(_status_is(writer, "replayed", 40))
+    await writer.close()
+    rows = await audit_db.rows("request_id")
+    assert sorted(r["request_id"] for r in rows) == sorted(e.request_id for e in events)
+    assert writer.status()["dead_lettered"] == 0
 
 
 async def test_retention_drops_old_partitions(audit_db: AuditDatabase, tmp_path: Path) -> None:
