@@ -209,6 +209,8 @@ class AuditWriter:
 
     async def _run(self) -> None:
         interval = self._config.flush_interval
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
         while True:
             if self._held is not None:
                 # A batch nothing would take is retried once per interval,
@@ -216,20 +218,32 @@ class AuditWriter:
                 await asyncio.sleep(interval)
             elif not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
+                    async with asyncio.timeout_at(due):
                         await self._wake.wait()
             self._wake.clear()
-            await self._flush()
+            if self._closing or loop.time() >= due:
+                await self._flush(len(self._queue))
+                due = loop.time() + interval
+            else:
+                await self._flush(0)
             if self._closing and self._held is None and not self._queue:
                 return
 
-    async def _flush(self) -> None:
-        """Store batch after batch until the queue is empty or nothing takes a batch."""
+    async def _flush(self, due: int) -> None:
+        """Store the `due` oldest events, and full batches after them, until nothing
+        takes a batch.
+
+        Events arriving while a batch is stored wait for a full batch or the
+        next interval: draining the queue to empty would store them a few at
+        a time, each write paying its round trips and commit for a handful.
+        """
         while True:
             if self._held is None:
-                if not self._queue:
+                queue = self._queue
+                if not queue or (due <= 0 and len(queue) < self._batch_size):
                     break
                 self._held, self._held_landed = self._take(), 0
+                due -= len(self._held)
             metrics.AUDIT_QUEUE_DEPTH.set(self._depth())
             if not await self._store(self._held):
                 break

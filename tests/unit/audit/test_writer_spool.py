@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,40 @@ async def test_close_spools_past_its_deadline_when_the_sink_hangs(
     assert time.monotonic() - started < 2
     assert writer.status()["spooled"] == 3
     assert writer.status()["dropped"] == 0
+
+
+class SlowSink(FakeSink):
+    """A sink whose every write takes 50 ms, as a database round trip does."""
+
+    async def write(self, batch: Sequence[AuditEvent]) -> int:
+        """Store the batch after a pause."""
+        await asyncio.sleep(0.05)
+        return await super().write(batch)
+
+
+async def test_events_arriving_during_a_write_wait_for_a_full_batch_or_the_interval(
+    spool_dir: Path, make_event: MakeEvent
+) -> None:
+    """What arrives while a batch is stored is not written a few at a time behind it."""
+    sink = SlowSink()
+    config = AuditConfig(
+        sink=PostgresSinkConfig(dsn=Secret("postgresql://unused"), spool_dir=spool_dir),
+        batch_size=4,
+        flush_interval=0.4,
+    )
+    writer = AuditWriter(config, sink=sink)
+    await writer.start()
+    for n in range(4):
+        await writer.emit(make_event(n))
+    await asyncio.sleep(0.01)
+    for n in range(4, 6):
+        await writer.emit(make_event(n))
+    await asyncio.sleep(0.15)
+    assert sink.calls == [["req-0", "req-1", "req-2", "req-3"]]
+    await wait_until(lambda: len(sink.calls) == 2, within=1.0)
+    assert sink.calls[1] == ["req-4", "req-5"]
+    await writer.close()
+    assert sink.request_ids() == [f"req-{n}" for n in range(6)]
 
 
 async def test_a_spool_left_by_a_dead_writer_is_replayed_at_start(
