@@ -124,7 +124,8 @@ class RetryConfig:
         "504",
     )
     # Retries may add at most this fraction of recent requests (Envoy's retry
-    # budget), so a sick upstream is not hit with attempts x traffic.
+    # budget), so a sick upstream is not hit with attempts x traffic; moving
+    # to an untried target after a failure that delivered nothing is free.
     budget_ratio: float = 0.2
 
 

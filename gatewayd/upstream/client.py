@@ -287,8 +287,9 @@ class Upstream:
                 if resp is not None:
                     resp.release()
                     targets.end(index)
+                free = following not in tried and not outcome.may_have_reached_model
                 index, pending = following, self.breakers[following]
-                self._count_retry(outcome)
+                self._count_retry(outcome, charged=not free)
                 await asyncio.sleep(delay or 0.0)
         except BaseException:
             self._in_flight -= 1
@@ -398,13 +399,19 @@ class Upstream:
         delay = self._policy.decide(outcome, attempt, remaining, fresh_target=fresh)
         if delay is None:
             return None
+        if fresh and not outcome.may_have_reached_model:
+            # Nothing of the request reached a server and the next target is
+            # one it has not tried: no server sees more than its share, so the
+            # budget is not asked (at most one such retry per target).
+            return delay
         if not self._budget.allows_retry():
             UPSTREAM_RETRIES.labels(upstream=self.name, reason=_BUDGET_EXHAUSTED).inc()
             return None
         return delay
 
-    def _count_retry(self, outcome: Outcome) -> None:
-        self._budget.record_retry()
+    def _count_retry(self, outcome: Outcome, *, charged: bool) -> None:
+        if charged:
+            self._budget.record_retry()
         UPSTREAM_RETRIES.labels(upstream=self.name, reason=outcome.condition).inc()
         log.debug("upstream %s: attempt failed (%s), retrying", self.name, outcome.condition)
 

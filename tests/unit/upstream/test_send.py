@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from gatewayd.config.schema import RetryConfig, UpstreamConfig
+from gatewayd.config.schema import BreakerConfig, RetryConfig, UpstreamConfig
 from gatewayd.errors import UpstreamError
 from gatewayd.upstream.client import Upstream
 from gatewayd.upstream.outcome import CONNECT, RESET_BEFORE_REQUEST, SENT
@@ -131,3 +131,38 @@ async def test_attempts_and_what_the_client_sees(
     assert message in got_message
     sent = Counter(r.host for r in transport.requests)
     assert [sent[host] for host in hosts] == requests
+
+
+async def test_moving_off_a_refusing_target_is_not_charged_to_the_budget() -> None:
+    """A connection refused delivered nothing: trying an untried target next
+    costs no server more than its share, so it does not spend the retry budget
+    (whose floor of 3 a dead target of three would otherwise exhaust)."""
+    hosts, transport = _scripted([["refused"], ["200"], ["200"]])
+    config = UpstreamConfig(
+        name=f"u-{uuid.uuid4().hex[:8]}",
+        urls=tuple(f"http://{host}" for host in hosts),
+        retry=FAST,
+    )
+    upstream = Upstream(config, transport=transport)
+    await upstream.start()
+    outcomes = [await _outcome(upstream) for _ in range(30)]
+    assert {status for status, _, _ in outcomes} == {200}
+    # Tried until its breaker opened, each time followed by a healthy target.
+    assert Counter(r.host for r in transport.requests)["a"] == config.breaker.failure_threshold
+    assert upstream.status()["window_retries"] == 0
+
+
+async def test_a_retry_on_the_same_target_spends_the_budget() -> None:
+    """Retrying where the request already failed is what the budget bounds."""
+    _, transport = _scripted([["503"]])
+    config = UpstreamConfig(
+        name=f"u-{uuid.uuid4().hex[:8]}",
+        urls=("http://a",),
+        retry=FAST,
+        breaker=BreakerConfig(failure_threshold=100),
+    )
+    upstream = Upstream(config, transport=transport)
+    await upstream.start()
+    outcomes = [await _outcome(upstream) for _ in range(4)]
+    # The floor's three retries, then none.
+    assert [attempts for _, attempts, _ in outcomes] == [3, 2, 1, 1]
