@@ -38,6 +38,18 @@ async def _post(upstream: Upstream) -> int:
     return sent.response.status
 
 
+def _held(answer: asyncio.Event, *, connect: bool) -> MockTransport:
+    """A transport whose requests connect (or not) and are answered 200 once `answer` is set."""
+
+    async def handler(request: Request) -> Answer:
+        if connect:
+            request.connect()
+        await answer.wait()
+        return Answer()
+
+    return MockTransport(handler)
+
+
 def _hosts(transport: MockTransport) -> Counter[str]:
     """Requests per target host."""
     return Counter(r.host for r in transport.requests)
@@ -95,13 +107,7 @@ async def test_a_failing_target_takes_threshold_minus_failures_and_the_rest_go_a
     """With 1 and 3 failures of 5, targets hold at most 4 and 2 attempts; when
     both are full the one with fewer failures takes the rest: none is refused."""
     answer = asyncio.Event()
-
-    async def handler(request: Request) -> Answer:
-        request.connect()
-        await answer.wait()
-        return Answer()
-
-    transport = MockTransport(handler)
+    transport = _held(answer, connect=True)
     upstream = _upstream(transport, "a.test", "b.test")
     await upstream.start()
     upstream.breakers[0].record_failure()
@@ -117,13 +123,7 @@ async def test_a_failing_target_takes_threshold_minus_failures_and_the_rest_go_a
 async def test_a_proven_target_is_not_capped() -> None:
     """Once a target has answered, attempts on it are bounded by nothing but load."""
     answer = asyncio.Event()
-
-    async def handler(request: Request) -> Answer:
-        request.connect()
-        await answer.wait()
-        return Answer()
-
-    transport = MockTransport(handler)
+    transport = _held(answer, connect=True)
     upstream = _upstream(transport, "a.test", "b.test")
     await upstream.start()
     answer.set()
@@ -139,12 +139,7 @@ async def test_a_proven_target_is_not_capped() -> None:
 async def test_one_target_is_never_capped() -> None:
     """A single-target upstream sends a whole burst at once, reached or not."""
     answer = asyncio.Event()
-
-    async def handler(request: Request) -> Answer:
-        await answer.wait()
-        return Answer()
-
-    transport = MockTransport(handler)
+    transport = _held(answer, connect=False)
     upstream = _upstream(transport, "a.test")
     await upstream.start()
     burst = asyncio.gather(*(_post(upstream) for _ in range(64)))
