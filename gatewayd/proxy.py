@@ -86,12 +86,14 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) ->
             request_id=request_id_from(request.headers), method=request.method, path=request.path
         )
         ex.audited = audit.enabled
+        grant = None
         try:
             with runtime.serving():
                 try:
                     response = await _proxy(request, runtime, limiter, ex)
                 finally:
                     # However it ended, what the limiter granted goes back.
+                    grant = ex.grant
                     await _settle(limiter, ex)
         except (asyncio.CancelledError, ConnectionResetError):
             ex.status, ex.error = CLIENT_CLOSED, "client_closed"
@@ -112,6 +114,9 @@ def make_handler(holder: RuntimeHolder, audit: AuditWriter, limiter: Limiter) ->
                 await record(ex, audit)
                 raise
             response = error_response(error, ex.request_id)
+            if grant is not None:
+                # The gateway's own errors on a limited route say where the budgets stand too.
+                response.headers.update(grant.headers())
             if error.status in (408, 413):
                 # The rest of the body may still be coming: don't read it to
                 # keep the connection.

@@ -128,6 +128,18 @@ async def test_models_outside_the_list_are_refused_before_the_upstream(
     assert len(fake_upstream.state.received) == 2
 
 
+async def test_the_gateways_own_errors_carry_the_budget_headers(tmp_path: Path) -> None:
+    """A 502 for an unreachable upstream still spent a request: its headers say so."""
+    extra = _ratelimit(requests_per_minute=60, burst=3)
+    config = write_config(tmp_path, _config(tmp_path, "http://127.0.0.1:1", extra))
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as client:
+        status, headers, body = await _chat(client, gw.url)
+    assert status == 502
+    assert orjson.loads(body)["error"]["code"] == "upstream_unavailable"
+    assert headers["x-ratelimit-limit-requests"] == "60"
+    assert headers["x-ratelimit-remaining-requests"] == "2"
+
+
 async def test_requests_past_the_burst_get_429_with_openai_headers(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
