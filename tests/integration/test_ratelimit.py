@@ -283,6 +283,28 @@ async def test_concurrent_requests_past_max_concurrent_are_refused(
         assert (await _chat(client, gw.url))[0] == 200
 
 
+async def test_max_concurrent_in_redis_holds_across_gateways(
+    tmp_path: Path, fake_upstream: FakeUpstream, redis_url: str
+) -> None:
+    """Two gateways share one key's slots in Redis: two streams in flight in all, not each."""
+    text = _redis_config(tmp_path, fake_upstream.url, redis_url, "max_concurrent: 2")
+    config = write_config(tmp_path, text)
+    fake_upstream.state.stall = 0.5
+    async with (
+        running_gateway(config) as one,
+        running_gateway(config) as two,
+        aiohttp.ClientSession() as client,
+    ):
+        results = await asyncio.gather(
+            *(_chat(client, gw.url, stream=True) for gw in (one, two, one, two, one, two))
+        )
+        assert sorted(status for status, _, _ in results) == [200] * 2 + [429] * 4
+        fake_upstream.state.stall = 0
+        # The slots go back in the background, just after the answers.
+        await asyncio.sleep(0.2)
+        assert [(await _chat(client, gw.url))[0] for gw in (one, two)] == [200, 200]
+
+
 async def test_the_budget_survives_a_reload(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
     """Budgets live in the process, not the config generation: swapping runtimes resets nothing."""
     from gatewayd.runtime import build_runtime
