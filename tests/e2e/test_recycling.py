@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -159,5 +160,10 @@ async def test_a_stream_on_a_retiring_worker_runs_to_its_end(
     )
     assert answer == "You said: a story that takes a while to tell"
     await _until(lambda: not _alive(pid), "the retired worker exits")
-    exits = [r for r in _records(daemon) if r["msg"] == "worker exited" and r["pid"] == pid]
-    assert [r["exit"] for r in exits] == ["exit status 0"]
+
+    def exits() -> list[dict[str, Any]]:
+        return [r for r in _records(daemon) if r["msg"] == "worker exited" and r["pid"] == pid]
+
+    # The arbiter reaps the worker first and logs it just after.
+    await _until(lambda: bool(exits()), "the arbiter logs the exit")
+    assert [r["exit"] for r in exits()] == ["exit status 0"]
