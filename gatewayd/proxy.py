@@ -45,6 +45,7 @@ from gatewayd.exchange import CLIENT_CLOSED, Exchange, error_response, record
 from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.payload import Payload, read_payload
 from gatewayd.guardrails.pipeline import Guard, RequestResult
+from gatewayd.guardrails.query import read_query
 from gatewayd.guardrails.types import Verdict
 from gatewayd.headers import (
     REQUEST_ID,
@@ -166,6 +167,8 @@ async def _proxy(
         if endpoint is not None:
             payload = read_payload(endpoint, request.headers.get("Content-Type", ""), body)
             doc = payload.doc
+            if guard is not None and query:
+                payload.query = read_query(query)
     if (
         guard is None
         and payload is None
@@ -195,6 +198,9 @@ async def _proxy(
     output_guard = (
         guard if checked is not None and guard is not None and guard.wants_answer(checked) else None
     )
+    if payload is not None and payload.query is not None:
+        # As the guardrails read it, not the bytes that came.
+        query = payload.query.dump()
     path_qs = f"{match.upstream_path}?{query}" if query else match.upstream_path
     # An output guard reads the answer's text, so it must arrive uncompressed.
     sent = await send_routed(

@@ -21,6 +21,7 @@ import orjson
 from gatewayd.errors import BadRequest
 from gatewayd.guardrails import endpoints
 from gatewayd.guardrails.endpoints import Body, Endpoint
+from gatewayd.guardrails.query import Query
 from gatewayd.guardrails.shapes import (
     DEEP,
     KEEP,
@@ -60,19 +61,25 @@ _BATCH_LINE = {"custom_id": TEXT, "method": KEEP, "url": KEEP}
 
 
 class Payload:
-    """A parsed request body: its texts, its unknown fields, and how to write it back."""
+    """A parsed request body (and, when guarded, its query): its texts, its
+    unknown fields, and how to write it back."""
 
-    __slots__ = ("doc", "endpoint", "walked")
+    __slots__ = ("doc", "endpoint", "query", "walked")
 
     def __init__(self, endpoint: Endpoint, doc: dict[str, Any] | None, walked: Walk) -> None:
         self.endpoint = endpoint
         # The JSON object (model, stream) when the body is one.
         self.doc = doc
         self.walked = walked
+        # The request's query string, read when a guard reads the request.
+        self.query: Query | None = None
 
     @property
     def slots(self) -> list[TextSlot]:
-        return self.walked.slots
+        """The body's texts, then the query's names and values."""
+        if self.query is None:
+            return self.walked.slots
+        return [*self.walked.slots, *self.query.slots]
 
     @property
     def unknown(self) -> list[str]:
