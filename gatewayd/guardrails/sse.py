@@ -50,6 +50,25 @@ class Event:
         return cls(raw, data, other)
 
 
+# The field lines a guarded answer keeps: an event name or id that reads as a
+# token, a retry in milliseconds. Nothing else in them is text anyone reads.
+_KEPT_FIELD = re.compile(rb"(?:event|id): ?[\w.:\-]{0,128}|retry: ?\d{1,10}", re.ASCII)
+
+
+def read_fields(event: Event) -> Event:
+    """The event as a guard passes it on: comments and unknown fields carry
+    text no filter reads and every client ignores, so they are left out (a
+    comment-only keep-alive stays one, emptied)."""
+    kept = [line for line in event.other if _KEPT_FIELD.fullmatch(line)]
+    if len(kept) == len(event.other):
+        return event
+    head = b"".join(line + b"\n" for line in kept)
+    if event.data is None:
+        return Event(head + b"\n" if kept else b":\n\n", None, kept)
+    lines = b"".join(b"data: " + line + b"\n" for line in event.data.split(b"\n"))
+    return Event(head + lines + b"\n", event.data, kept)
+
+
 def encode(other: list[bytes], data: bytes) -> bytes:
     """An event with the given other lines and a single data line."""
     head = b"".join(line + b"\n" for line in other) if other else b""

@@ -48,7 +48,7 @@ from gatewayd.guardrails.extract import (
 )
 from gatewayd.guardrails.placeholders import Range, Redactions, StreamRestorer
 from gatewayd.guardrails.shapes import TextSlot, walk
-from gatewayd.guardrails.sse import Event, SSEParser, encode
+from gatewayd.guardrails.sse import Event, SSEParser, encode, read_fields
 from gatewayd.guardrails.types import ALLOW, Stage, Summary, Verdict
 from gatewayd.guardrails.unknown import unknown_verdict
 
@@ -227,6 +227,7 @@ class StreamGuard:
         or None once the stream is refused."""
         if self._stopped:
             return None
+        event = read_fields(event)
         data = event.data
         if data is None:
             return event.raw

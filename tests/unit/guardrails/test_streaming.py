@@ -172,11 +172,12 @@ async def test_sse_bytes_split_at_every_byte_position(output: tuple[str, ...]) -
 
 
 async def test_unchanged_events_keep_their_original_bytes() -> None:
-    """Comments, fields, role and usage chunks and errors pass byte for byte."""
+    """Event names and ids, role and usage chunks and errors pass byte for byte;
+    a comment, which no filter reads, goes on emptied."""
     guard = _guard(restore=True, output=("email",))
     request = await _request(guard, "I am a@x.io")
+    assert await guard.stream(request).feed(b": keep-alive\r\n\r\n") == b":\n\n"
     passing = [
-        b": keep-alive\r\n\r\n",
         b'event: ping\nid: 4\ndata: {"id":"c1"}\n\n',
         b'data:  {"choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}\n\n',
         b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n',

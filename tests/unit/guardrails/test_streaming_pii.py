@@ -10,6 +10,7 @@ import pytest
 from gatewayd.config.schema import Action, Mode, PiiFilterConfig, PolicyConfig
 from gatewayd.guardrails.filters import build_filter
 from gatewayd.guardrails.pipeline import Guard, RequestResult
+from gatewayd.guardrails.sse import SSEParser
 from gatewayd.guardrails.types import Stage
 
 from .fakes import chat_chunk, chat_payload, sse, streamed_text
@@ -94,3 +95,21 @@ async def test_restore_and_redact_together_at_every_split() -> None:
         got = await _streamed(guard, request, [answer[:cut], answer[cut:]])
         assert got == "I will call +1 415 555 2671, not <PHONE_NUMBER_2>.", cut
         assert request.summary.counts[Stage.OUTPUT] == {"PHONE_NUMBER": 1}, cut
+
+
+async def test_comments_and_unknown_fields_do_not_carry_text_past_the_guard() -> None:
+    """An SSE comment or unknown field is read by no filter: it is left out, a
+    comment-only keep-alive goes on emptied, and names, ids and retries stay."""
+    guard = _guard()
+    request = await _request(guard, "hello")
+    stream = guard.stream(request)
+    out = await stream.feed(b": mail jane.doe@example.com\n\n")
+    out += await stream.feed(b"x-note: jane.doe@example.com\nid: 7\n" + sse(chat_chunk("Hi")))
+    out += await stream.feed(b"retry: 3000\n: jane.doe@example.com\n" + sse(chat_chunk(" there")))
+    out += await stream.feed(sse(chat_chunk(finish="stop"), "[DONE]"))
+    out += await stream.finish()
+    assert b"jane.doe" not in out
+    assert out.startswith(b":\n\nid: 7\ndata: ")
+    assert b"retry: 3000\ndata: " in out
+    parsed = SSEParser().feed(out)
+    assert streamed_text(sse(*(e.data.decode() for e in parsed if e.data))) == "Hi there"
