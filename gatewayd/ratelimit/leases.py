@@ -181,14 +181,14 @@ class Leases:
         back_requests, back_tokens = lease.left_requests, lease.left_tokens
         lease.left_requests = lease.left_tokens = 0
         renewing = lease.renewing = asyncio.get_running_loop().create_future()
+        failure = None
         try:
             taken = await self._shared.take(ask, requests, tokens, back_requests, back_tokens)
         except RateLimiterUnavailable as exc:
-            renewing.set_result(exc)
+            failure = exc
             raise
         finally:
-            if not renewing.done():
-                renewing.set_result(None)
+            renewing.set_result(failure)
             lease.renewing = None
         answer = taken.answer
         now = self._clock()

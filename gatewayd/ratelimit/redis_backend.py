@@ -22,6 +22,26 @@ from gatewayd.ratelimit.backend import Answer, Ask, Limit
 from gatewayd.ratelimit.gcra import Rate, Take
 from gatewayd.redis_client import RedisClient, RedisReplyError, RedisUnavailable, Script
 
+# Both scripts: Redis's own clock, a TAT stored to expire when its budget is
+# whole again, and a TAT moved by `delta` units (more used, or fewer: given
+# back); a TAT in the past is a whole budget, so more used starts from now.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+local function put(key, tat)
+  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
+end
+
+local function move(key, iv, delta)
+  if delta == 0 then return end
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if delta > 0 and tat < now then tat = now end
+  tat = tat + delta * iv
+  if tat > now then put(key, tat) else redis.call('DEL', key) end
+end
+"""
+
 # ARGV: requests interval, capacity (0: no limit); tokens interval, capacity,
 # cost; max concurrent (0: none), lease id, lease seconds; then requests and
 # tokens wanted (1 and cost are needed, more is taken only if it fits: an
@@ -31,23 +51,13 @@ from gatewayd.redis_client import RedisClient, RedisReplyError, RedisUnavailable
 # in microseconds, remaining and reset (microseconds) of requests and of
 # tokens, then requests and tokens taken. Lua numbers become integers on the
 # way out, hence microseconds.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_ACQUIRE = (
+    _PRELUDE
+    + """
 local r_iv, r_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t_iv, t_cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_c = tonumber(ARGV[6])
 local r_want, t_want = tonumber(ARGV[9]), tonumber(ARGV[10])
-
-local function put(key, tat)
-  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
-end
-
-local function give(key, iv, n)
-  if n <= 0 then return end
-  local tat = tonumber(redis.call('GET', key) or '0') - n * iv
-  if tat > now then put(key, tat) else redis.call('DEL', key) end
-end
 
 local function left(tat, iv, cap)
   local l = math.floor((cap * iv - (tat - now)) / iv + 1e-9)
@@ -69,8 +79,8 @@ end
 
 local function us(s) return math.floor(s * 1000000) end
 
-if r_cap > 0 then give(KEYS[1], r_iv, tonumber(ARGV[11])) end
-if t_cap > 0 then give(KEYS[2], t_iv, tonumber(ARGV[12])) end
+if r_cap > 0 then move(KEYS[1], r_iv, -tonumber(ARGV[11])) end
+if t_cap > 0 then move(KEYS[2], t_iv, -tonumber(ARGV[12])) end
 if max_c > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZCARD', KEYS[3]) >= max_c then
@@ -106,28 +116,21 @@ if r_cap > 0 then r_left = left(r_tat, r_iv, r_cap) end
 if t_cap > 0 then t_left = left(t_tat, t_iv, t_cap) end
 return {0, 0, r_left, us(r_tat - now), t_left, us(t_tat - now), r_got, t_got}
 """
+)
 
 # ARGV: tokens interval, tokens more used than reserved (negative: fewer),
 # lease id ('' when no slot was held).
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local iv, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
-if iv > 0 and delta ~= 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if delta > 0 and tat < now then tat = now end
-  tat = tat + delta * iv
-  if tat > now then
-    redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1)
-  else
-    redis.call('DEL', KEYS[1])
-  end
-end
+_SETTLE = (
+    _PRELUDE
+    + """
+local iv = tonumber(ARGV[1])
+if iv > 0 then move(KEYS[1], iv, tonumber(ARGV[2])) end
 if ARGV[3] ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[3])
 end
 return 0
 """
+)
 
 
 class Taken(NamedTuple):
@@ -164,23 +167,23 @@ class RedisBackend:
         return (await self.take(ask, 1, ask.cost, 0, 0)).answer
 
     async def take(
-        self, ask: Ask, requests: int, tokens: int, return_requests: int, return_tokens: int
+        self, ask: Ask, want_requests: int, want_tokens: int, back_requests: int, back_tokens: int
     ) -> Taken:
-        """Like acquire, but take up to `requests` and `tokens` where they fit
-        (one and ask.cost are needed), after giving back `return_requests` and
-        `return_tokens` taken earlier."""
-        rates = ask.requests, ask.tokens
+        """Like acquire, but take up to `want_requests` and `want_tokens` where
+        they fit (one and ask.cost are needed), after giving back
+        `back_requests` and `back_tokens` taken earlier."""
+        requests, tokens = ask.requests, ask.tokens
         args = (
-            *_rate_args(rates[0]),
-            *_rate_args(rates[1]),
+            *_rate_args(requests),
+            *_rate_args(tokens),
             ask.cost,
             ask.max_concurrent,
             ask.lease,
             ask.lease_for,
-            requests,
-            tokens,
-            return_requests,
-            return_tokens,
+            want_requests,
+            want_tokens,
+            back_requests,
+            back_tokens,
         )
         started = time.perf_counter()
         reply = await self._run(_ACQUIRE_SCRIPT, _keys(ask.key), args)
@@ -189,8 +192,8 @@ class RedisBackend:
         answer = Answer(
             refused,
             int(reply[1]) / _US,
-            _take(rates[0], refused is None, reply[2], reply[3]),
-            _take(rates[1], refused is None, reply[4], reply[5]),
+            _take(requests, refused is None, reply[2], reply[3]),
+            _take(tokens, refused is None, reply[4], reply[5]),
         )
         return Taken(answer, int(reply[6]), int(reply[7]))
 

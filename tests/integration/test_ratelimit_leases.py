@@ -21,10 +21,10 @@ class CountingBackend(RedisBackend):
     calls = 0
 
     async def take(
-        self, ask: Ask, requests: int, tokens: int, return_requests: int, return_tokens: int
+        self, ask: Ask, want_requests: int, want_tokens: int, back_requests: int, back_tokens: int
     ) -> Taken:
         self.calls += 1
-        return await super().take(ask, requests, tokens, return_requests, return_tokens)
+        return await super().take(ask, want_requests, want_tokens, back_requests, back_tokens)
 
     async def settle(self, ask: Ask, used: int | None) -> None:
         self.calls += 1
