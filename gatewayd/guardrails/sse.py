@@ -62,17 +62,18 @@ def read_fields(event: Event) -> Event:
     kept = [line for line in event.other if _KEPT_FIELD.fullmatch(line)]
     if len(kept) == len(event.other):
         return event
-    head = b"".join(line + b"\n" for line in kept)
-    if event.data is None:
-        return Event(head + b"\n" if kept else b":\n\n", None, kept)
-    lines = b"".join(b"data: " + line + b"\n" for line in event.data.split(b"\n"))
-    return Event(head + lines + b"\n", event.data, kept)
+    if event.data is not None:
+        return Event(encode(kept, event.data), event.data, kept)
+    raw = b"".join(line + b"\n" for line in kept) + b"\n" if kept else b":\n\n"
+    return Event(raw, None, kept)
 
 
 def encode(other: list[bytes], data: bytes) -> bytes:
-    """An event with the given other lines and a single data line."""
+    """An event with the given other lines and `data`, a data line per line of it."""
     head = b"".join(line + b"\n" for line in other) if other else b""
-    return head + b"data: " + data + b"\n\n"
+    if b"\n" not in data:
+        return head + b"data: " + data + b"\n\n"
+    return head + b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
 
 
 class SSEParser:
