@@ -83,27 +83,6 @@ _LATENCY_WEIGHT = 0.05
 _WAIT: Final = -1
 
 
-class _Connecting(Progress):
-    """The Progress of an attempt on a target never reached before, which
-    calls `on_connect` when the transport has its connection."""
-
-    __slots__ = ("_connected", "_on_connect")
-
-    def __init__(self, on_connect: Callable[[], None]) -> None:
-        self._on_connect = on_connect
-        super().__init__()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @connected.setter
-    def connected(self, value: bool) -> None:
-        self._connected = value
-        if value:
-            self._on_connect()
-
-
 @dataclass(slots=True)
 class UpstreamResponse:
     """An upstream's answer with its headers read and its body still unread."""
@@ -226,10 +205,9 @@ class Upstream:
                     exhausted = UpstreamTimeout(f"upstream {self.name}: total timeout exhausted")
                     exhausted.attempts = attempt - 1
                     raise exhausted
-                progress = (
-                    Progress()
-                    if targets.reached(index)
-                    else _Connecting(functools.partial(self._reach, index))
+                # A target never reached before tells the requests waiting on it.
+                progress = Progress(
+                    None if targets.reached(index) else functools.partial(self._reach, index)
                 )
                 resp: Reply | None = None
                 failure: BaseException | None = None

@@ -22,7 +22,7 @@ wins, most specific first).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -64,13 +64,21 @@ def failure_kind(exc: BaseException) -> str | None:
 
 
 class Progress:
-    """How far one attempt got; the transport fills it in."""
+    """How far one attempt got; the transport fills it in. `on_connect`, when
+    given, hears the moment the attempt has its connection."""
 
-    __slots__ = ("connected", "written")
+    __slots__ = ("connected", "on_connect", "written")
 
-    def __init__(self) -> None:
+    def __init__(self, on_connect: Callable[[], None] | None = None) -> None:
         self.connected = False
         self.written = False
+        self.on_connect = on_connect
+
+    def connect(self) -> None:
+        """The transport has the attempt's connection."""
+        self.connected = True
+        if self.on_connect is not None:
+            self.on_connect()
 
     def outcome(self, kind: str) -> Outcome:
         """The Outcome of a failure of this kind at this point of the attempt."""

@@ -3,7 +3,7 @@ its body as a stream. One seam (`Transport`), one production implementation.
 
     PooledTransport.send(origin, method, path_qs, headers, body, deadline, progress)
         connection   aiohttp's TCPConnector: keep-alive pool and limits per
-                     target, DNS cache with its TTL, TLS            -> Progress.connected
+                     target, DNS cache with its TTL, TLS            -> Progress.connect()
         stale check  a pooled socket that is readable while idle is closed and
                      refused (reset-before-request)
         write        request line, headers and body in one call       -> Progress.written
@@ -264,7 +264,7 @@ class PooledTransport:
         body, `progress` learns how far the request got."""
         head = _request_head(origin, method, path_qs, headers, body)
         conn = await self._connect(origin, deadline)
-        progress.connected = True
+        progress.connect()
         protocol = conn.protocol
         transport = conn.transport
         if protocol is None or transport is None:

@@ -70,7 +70,7 @@ class Request:
 
     def connect(self) -> None:
         """The connection to the upstream is made (before any answer or fault)."""
-        self.progress.connected = True
+        self.progress.connect()
 
 
 Handler = Callable[[Request], Answer | Awaitable[Answer]]
@@ -109,10 +109,11 @@ class MockTransport:
             answer = await result if inspect.isawaitable(result) else result
         except Fault as fault:
             if fault.stage != CONNECT:
-                progress.connected = True
+                progress.connect()
             progress.written = fault.stage == SENT
             raise fault.error() from None
-        progress.connected = progress.written = True
+        progress.connect()
+        progress.written = True
         loop = asyncio.get_running_loop()
         content = StreamReader(BaseProtocol(loop), 2**16, loop=loop)
         content.feed_data(answer.body)
